@@ -1,0 +1,86 @@
+# Two entry points for a fresh machine (see README):
+#   make serve   install the service (ONNX Runtime on CPU, no torch) and serve ./model_repository
+#   make test    install everything the test suite needs and run it
+# Both are idempotent: an install is redone only when pyproject.toml (or this file) changes,
+# keyed by a stamp file inside the virtual environment.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+# Debian packages some tests drive for real, as command=package; each of those tests skips with
+# a reason where its command is absent.
+APT_TOOLS ?= promtool=prometheus chromium=chromium
+
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+DEPS_HASH := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
+SERVE_STAMP := $(VENV)/.focus-serve-$(DEPS_HASH)
+TEST_STAMP := $(VENV)/.focus-test-$(DEPS_HASH)
+
+.PHONY: help serve test install-serve install-test system-deps lint clean
+
+help:
+	@echo "make serve  - install the service into $(VENV) and serve ./model_repository on :8000"
+	@echo "make test   - install the service, training and test tools into $(VENV) and run pytest"
+	@echo "make lint   - ruff check"
+	@echo "make clean  - remove $(VENV)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Service only: no torch. `pip install -e .` gives ONNX Runtime on CPU.
+$(SERVE_STAMP): | $(BIN)/python
+	$(PIP) install -e .
+	rm -f $(VENV)/.focus-serve-*
+	touch $@
+
+# torch first, pinned: an unpinned torch (asked for by the train extra) would pull a multi-GB
+# CUDA build; with torch==$(TORCH_VERSION) already present, `torch>=...` installs nothing more.
+$(TEST_STAMP): | $(BIN)/python
+	$(PIP) install "torch==$(TORCH_VERSION)"
+	$(PIP) install -e '.[train,dev]'
+	rm -f $(VENV)/.focus-test-* $(VENV)/.focus-serve-*
+	touch $@ $(SERVE_STAMP)
+
+install-serve: $(SERVE_STAMP)
+install-test: $(TEST_STAMP)
+
+serve: $(SERVE_STAMP)
+	$(BIN)/focus serve
+
+# Debian packages: installed only when missing and when we are root; any failure is a warning,
+# and the tests that need the tool skip with the reason.
+system-deps:
+	@missing=""; \
+	for pair in $(APT_TOOLS); do \
+		command -v "$${pair%%=*}" >/dev/null 2>&1 || missing="$$missing $${pair#*=}"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "WARNING: not root or no apt-get; missing Debian packages:$$missing (their tests will skip)"; \
+		exit 0; \
+	fi; \
+	echo "Installing Debian packages:$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	log="$$(mktemp)"; \
+	if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; } \
+		>"$$log" 2>&1; then \
+		tail -n 20 "$$log"; \
+		echo "WARNING: apt-get install$$missing failed; the tests that need it will skip"; \
+	fi; \
+	rm -f "$$log"
+
+# pytest exits 5 when it collected no test; that is not a failure of the suite.
+test: $(TEST_STAMP) system-deps
+	@rc=0; $(BIN)/python -m pytest -q || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV)
