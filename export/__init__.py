@@ -1,1 +1,1 @@
-"""export package."""
+"""Export: checkpoints to ONNX, TensorRT engines and Triton repositories, with parity checks."""

@@ -286,7 +286,9 @@ class ModelCard:
             raise ValueError(f"{path}: not a valid focus.json ({exc})") from exc
 
 
-def make_card(task: str, preset: str, config: FocusConfig | None = None, **kwargs: Any) -> ModelCard:
+def make_card(
+    task: str, preset: str, config: FocusConfig | None = None, **kwargs: Any
+) -> ModelCard:
     """A card for ``task`` with the task's prompts filled in from the task registry."""
     from models.tasks import get_task
 

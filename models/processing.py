@@ -94,7 +94,9 @@ def normalise_and_pad(
 ) -> np.ndarray:
     """uint8 HxWx3 -> float32 [3, Hp, Wp]: (x - mean) / std, zero-padded after normalising."""
     x = rgb.astype(np.float32).transpose(2, 0, 1)
-    x = (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+    x = (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[
+        :, None, None
+    ]
     h, w = x.shape[1:]
     hp, wp = padded_size(h, w, divisor)
     out = np.zeros((3, hp, wp), np.float32)
@@ -111,7 +113,9 @@ def edge_map(x: np.ndarray) -> np.ndarray:
     u8 = np.clip(x * np.float32(255.0) + np.float32(0.5), 0, 255).astype(np.uint8)
     bgr = cv2.cvtColor(np.ascontiguousarray(u8.transpose(1, 2, 0)), cv2.COLOR_RGB2BGR)
     blurred = cv2.GaussianBlur(bgr, (5, 5), 1.4)
-    edges = np.stack([cv2.Canny(np.ascontiguousarray(blurred[:, :, c]), 100, 200) for c in range(3)], -1)
+    edges = np.stack(
+        [cv2.Canny(np.ascontiguousarray(blurred[:, :, c]), 100, 200) for c in range(3)], -1
+    )
     combined = cv2.addWeighted(blurred, 0.7, edges, 0.3, 0)
     return (combined / 255.0).transpose(2, 0, 1).astype(np.float32)
 

@@ -1,0 +1,83 @@
+"""Our checkpoint directory: ``focus.json`` (model card) + ``model.safetensors``.
+
+Loading never unpickles. Saving is atomic: files are written into a temporary sibling
+directory which then replaces the target, so a crash mid-write leaves the old checkpoint (or
+nothing), never a broken one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.build import build_focus
+from models.config import ModelCard
+
+WEIGHTS = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded into the network its card describes."""
+
+
+def save_checkpoint(model: nn.Module, card: ModelCard, directory: str | Path) -> Path:
+    """Write ``directory/{focus.json, model.safetensors}`` atomically; returns the directory."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "task": card.task})
+        card.save(tmp)
+        with open(tmp / WEIGHTS, "rb") as f:
+            os.fsync(f.fileno())
+        backup = None
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(target, backup)
+        os.replace(tmp, target)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with every missing, unexpected and mis-shaped key named."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{source} does not match the network: {len(missing)} missing {missing[:20]}, "
+            f"{len(unexpected)} unexpected {unexpected[:20]}, {len(mismatched)} mis-shaped {mismatched[:20]}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelCard]:
+    """-> (network in eval mode on ``device``, its model card)."""
+    directory = Path(directory)
+    card = ModelCard.load(directory)
+    weights = directory / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} not found")
+    model = build_focus(card.config)
+    load_state_dict_strict(model, load_file(str(weights)), str(weights))
+    return model.to(device).eval(), card

@@ -1,0 +1,61 @@
+"""Import a released FOCUS checkpoint (detectron2 layout) into our network.
+
+A pure state-dict -> state-dict function with a short, explicit key map (nanoGPT / timm style):
+the file is ``{"model": OrderedDict}``; a DDP ``module.`` prefix is stripped; the loss's
+``criterion.empty_weight`` (the class weights [1, 1, 0.1], owned by ``training/``) is dropped.
+Nothing else is renamed. The reference loader's silent ``pixel_decoder`` rename for dicts
+without ``_metadata`` is deliberately not reproduced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.build import build_focus
+from models.checkpoint import CheckpointError, load_state_dict_strict, save_checkpoint
+from models.config import get_preset, make_card
+
+DROPPED_KEYS = ("criterion.empty_weight",)
+
+
+def read_official_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``model_final.pth`` without unpickling arbitrary objects."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the reason
+        raise CheckpointError(
+            f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}). "
+            "Only plain tensor checkpoints are accepted; re-save it as {'model': state_dict}."
+        ) from exc
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected {{'model': state_dict}} of tensors")
+    return state
+
+
+def convert_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Reference names -> ours: strip ``module.``, drop ``DROPPED_KEYS``; nothing else moves."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key in DROPPED_KEYS:
+            continue
+        out[key] = value
+    return out
+
+
+def import_official(weights: str | Path, task: str, preset: str, out: str | Path) -> Path:
+    """Strictly load ``weights`` into ``preset`` and write our checkpoint directory."""
+    config = get_preset(preset)
+    model = build_focus(config)
+    state = convert_official_state_dict(read_official_file(weights))
+    load_state_dict_strict(model, state, str(weights))
+    card = make_card(
+        task,
+        preset,
+        config,
+        provenance={"imported_from": Path(weights).name, "format": "detectron2"},
+    )
+    return save_checkpoint(model, card, out)
