@@ -15,9 +15,11 @@ TORCH_VERSION ?= 2.13.0
 # a reason where its command is absent.
 APT_TOOLS ?= promtool=prometheus chromium=chromium
 
+PYTEST_ARGS ?=
+
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
-DEPS_HASH := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
+DEPS_HASH := $(shell cat pyproject.toml Makefile | (sha256sum 2>/dev/null || shasum -a 256) | cut -c1-16)
 SERVE_STAMP := $(VENV)/.focus-serve-$(DEPS_HASH)
 TEST_STAMP := $(VENV)/.focus-test-$(DEPS_HASH)
 
@@ -76,7 +78,7 @@ system-deps:
 
 # pytest exits 5 when it collected no test; that is not a failure of the suite.
 test: $(TEST_STAMP) system-deps
-	@rc=0; $(BIN)/python -m pytest -q || rc=$$?; \
+	@rc=0; $(BIN)/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 lint: $(TEST_STAMP)

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Container entrypoint for the focus-serve images.
+#
+#   entrypoint.sh serve [ARGS...]   build missing TensorRT engines, then exec `focus serve ARGS...`
+#   entrypoint.sh CMD [ARGS...]     exec `focus CMD ARGS...` (segment, export, ...)
+#
+# TensorRT engines are specific to the GPU model and TensorRT version, so they are not shipped in
+# the image: at start, for every <repository>/<task>/model.onnx without an engine at
+# $FOCUS_ENGINE_CACHE/<task>/model.engine, this builds one into the cache (a volume, so the cost is
+# paid once per GPU). It only tries where a GPU is visible and TensorRT imports; otherwise, or if
+# a build fails, it logs why and serves anyway (the service then picks another backend for that
+# task, or refuses to start if FOCUS_REQUIRE_GPU=true says it must).
+set -euo pipefail
+
+log() { printf '%s entrypoint: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
+
+repository="${FOCUS_MODEL_REPOSITORY:-model_repository}"
+cache="${FOCUS_ENGINE_CACHE:-/var/cache/focus/engines}"
+
+gpu_and_tensorrt() {
+    if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+        log "no NVIDIA GPU visible (nvidia-smi -L failed); not building TensorRT engines"
+        return 1
+    fi
+    if ! python3 -c 'import tensorrt' >/dev/null 2>&1; then
+        log "TensorRT is not importable; not building TensorRT engines"
+        return 1
+    fi
+}
+
+build_missing_engines() {
+    local onnx task engine partial
+    shopt -s nullglob
+    local models=("$repository"/*/model.onnx)
+    shopt -u nullglob
+    if [ "${#models[@]}" -eq 0 ]; then
+        log "no ONNX models under $repository; nothing to build"
+        return 0
+    fi
+    if [ "${FOCUS_BACKEND:-auto}" != auto ] && [ "${FOCUS_BACKEND:-auto}" != tensorrt ]; then
+        log "FOCUS_BACKEND=${FOCUS_BACKEND} does not use TensorRT; not building engines"
+        return 0
+    fi
+    gpu_and_tensorrt || return 0
+    for onnx in "${models[@]}"; do
+        task="$(basename "$(dirname "$onnx")")"
+        engine="$cache/$task/model.engine"
+        if [ -s "$engine" ]; then
+            log "$task: engine present at $engine"
+            continue
+        fi
+        log "$task: building TensorRT engine $engine from $onnx (first start on this GPU)"
+        # Build into a scratch directory and move the result (with any metadata written beside
+        # it) into place, so an interrupted build never leaves a truncated engine behind.
+        partial="$cache/.partial-$task"
+        rm -rf "$partial" 2>/dev/null || true
+        if mkdir -p "$partial" "$(dirname "$engine")" \
+            && focus export tensorrt --onnx "$onnx" --out "$partial/model.engine" \
+            && mv -f "$partial"/* "$(dirname "$engine")/"; then
+            log "$task: engine ready"
+        else
+            log "$task: TensorRT build failed; serving this task with another backend"
+        fi
+        rm -rf "$partial" 2>/dev/null || true
+    done
+}
+
+if [ "$#" -eq 0 ]; then
+    set -- serve
+fi
+
+if [ "$1" = serve ]; then
+    build_missing_engines
+fi
+
+exec focus "$@"
