@@ -1,0 +1,75 @@
+"""PyTorch backend: a FOCUS checkpoint directory (focus.json + model.safetensors), CPU or CUDA.
+
+torch and ``models.checkpoint`` are imported here, lazily, and only when this backend is
+constructed: with ONNX Runtime or TensorRT selected the service never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.config import ModelCard
+from service.backends.base import Backend, BackendUnavailableError, check_outputs
+
+logger = logging.getLogger(__name__)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(
+        self,
+        directory: Path,
+        card: ModelCard,
+        *,
+        device: str = "cpu",
+        require_gpu: bool = False,
+        intra_op_threads: int = 0,
+    ) -> None:
+        try:
+            import torch
+
+            from models.checkpoint import load_checkpoint
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"the PyTorch backend needs torch and models.checkpoint ({exc}); install the "
+                "train extra (pip install '.[train]')"
+            ) from exc
+        if device == "cuda" and not torch.cuda.is_available():
+            if require_gpu:
+                raise BackendUnavailableError(
+                    "FOCUS_REQUIRE_GPU=true but torch sees no CUDA device"
+                )
+            logger.warning("torch sees no CUDA device; running %s on CPU", directory)
+            device = "cpu"
+        if intra_op_threads > 0:
+            torch.set_num_threads(intra_op_threads)
+        model, loaded_card = load_checkpoint(directory)
+        if loaded_card.task != card.task:
+            raise ValueError(
+                f"{directory}: checkpoint task {loaded_card.task!r} != focus.json {card.task!r}"
+            )
+        self._torch: Any = torch
+        self._device = torch.device(device)
+        self.model: Any = model.eval().to(self._device)
+        self.card = loaded_card
+        self.device = device
+        self.artefact = Path(directory) / "model.safetensors"
+
+    def infer(self, image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        n, _, h, w = image.shape
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self._device)
+            e = torch.from_numpy(np.ascontiguousarray(edges, np.float32)).to(self._device)
+            class_probs, mask_logits = self.model(x, e)
+            cp = class_probs.float().cpu().numpy()
+            ml = mask_logits.float().cpu().numpy()
+        return check_outputs(cp, ml, n, h, w)
+
+    def close(self) -> None:
+        self.model = None

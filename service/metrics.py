@@ -1,0 +1,183 @@
+"""Every Prometheus metric of the service, with its buckets, in one place (TEI style).
+
+Names follow Triton's vocabulary where one exists, prefixed ``focus_``:
+
+==========================================  =========  ============================================
+metric                                      type       meaning
+==========================================  =========  ============================================
+focus_requests_total{task,code}             counter    finished /segment requests by HTTP status
+focus_request_duration_seconds{task}        histogram  end to end, body read to response
+focus_queue_duration_seconds{task}          histogram  batcher queue wait (enqueue -> batch start)
+focus_compute_duration_seconds{task,backend} histogram one backend call (a whole batch)
+focus_batch_size{task}                      histogram  images per backend call, power-of-2 buckets
+focus_queue_depth{task}                     gauge      requests waiting in the batcher
+focus_inflight_requests                     gauge      /segment requests being handled
+focus_model_info{task,backend,preset,version} gauge    1 per served model
+focus_preprocess_duration_seconds{task}     histogram  decode + resize + normalise + edge map
+focus_postprocess_duration_seconds{task}    histogram  mask at original size + encoding
+focus_dropped_requests_total{task,reason}   counter    requests never computed: cancelled (client
+                                                       gone), deadline, queue_full, shutdown
+==========================================  =========  ============================================
+
+``task`` is always a canonical task name or ``unknown`` (never a client-supplied string), so
+label cardinality stays bounded.
+
+Deployment unit: **one uvicorn worker per container** (scale with replicas, DESIGN "Scaling");
+each app owns a private ``CollectorRegistry`` so several apps in one process (tests) never
+collide. ``FOCUS_WORKERS>1`` is supported through prometheus-client's multiprocess mode:
+``focus serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the workers
+start, and ``/metrics`` then aggregates every worker's files (gauges use ``livesum``/``max``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Request-level latencies: 5 ms .. 60 s.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+# Stage latencies (pre/post-processing, queue): 0.5 ms .. 10 s.
+STAGE_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    10.0,
+)
+BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(11))  # 1 .. 1024
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class Metrics:
+    """The service's metrics, registered in a registry private to one app."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "focus_requests_total", "Finished segmentation requests.", ("task", "code"), registry=r
+        )
+        self.request_duration = Histogram(
+            "focus_request_duration_seconds",
+            "End-to-end request duration.",
+            ("task",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "focus_queue_duration_seconds",
+            "Time spent waiting in the batch queue.",
+            ("task",),
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.compute_duration = Histogram(
+            "focus_compute_duration_seconds",
+            "Backend inference time per batch.",
+            ("task", "backend"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "focus_batch_size",
+            "Images per backend call.",
+            ("task",),
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "focus_queue_depth",
+            "Requests waiting in the batch queue.",
+            ("task",),
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "focus_inflight_requests",
+            "Segmentation requests being handled.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "focus_model_info",
+            "Served models (value 1).",
+            ("task", "backend", "preset", "version"),
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self.preprocess_duration = Histogram(
+            "focus_preprocess_duration_seconds",
+            "Image decoding and preprocessing time.",
+            ("task",),
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.postprocess_duration = Histogram(
+            "focus_postprocess_duration_seconds",
+            "Mask postprocessing and encoding time.",
+            ("task",),
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.dropped = Counter(
+            "focus_dropped_requests_total",
+            "Requests dropped before compute.",
+            ("task", "reason"),
+            registry=r,
+        )
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition: this app's registry, or every worker's in multiprocess mode."""
+        if multiprocess_enabled():
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    @staticmethod
+    def mark_process_dead() -> None:
+        """Drop this worker's live gauges from the multiprocess files (no-op otherwise)."""
+        if multiprocess_enabled():
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

@@ -1,0 +1,1 @@
+"""One router per concern: segment, tasks, health, metrics, demo."""

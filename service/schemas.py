@@ -1,0 +1,83 @@
+"""Response bodies of the JSON endpoints (they also make the OpenAPI schema complete)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ModelInfo(BaseModel):
+    task: str = Field(examples=["camouflage"])
+    preset: str = Field(examples=["tiny"])
+    version: str = Field(examples=["1"])
+    backend: str = Field(examples=["onnxruntime"])
+    device: str = Field(examples=["cpu"])
+
+
+class BoundingBox(BaseModel):
+    """Tight box around the foreground pixels, in original-image pixel coordinates."""
+
+    x: int = Field(ge=0, examples=[12])
+    y: int = Field(ge=0, examples=[30])
+    width: int = Field(ge=1, examples=[200])
+    height: int = Field(ge=1, examples=[150])
+
+
+class Timing(BaseModel):
+    """Server-side milliseconds per stage (also sent as the Server-Timing header)."""
+
+    preprocess_ms: float = Field(description="decode, resize, normalise, edge map")
+    queue_ms: float = Field(description="waiting for a batch")
+    compute_ms: float = Field(description="the backend call for the whole batch")
+    postprocess_ms: float = Field(description="mask at the original size and encoding")
+    total_ms: float = Field(description="from the first body byte to the response")
+    batch_size: int = Field(ge=1, description="images in the backend call that computed this one")
+
+
+class SegmentResult(BaseModel):
+    """``format=json``: the mask plus summary statistics."""
+
+    task: str = Field(examples=["camouflage"])
+    width: int = Field(ge=1, description="original image width (EXIF orientation applied)")
+    height: int = Field(ge=1, description="original image height")
+    mask_png_base64: str = Field(
+        description="8-bit grayscale PNG of the mask at the original size: the probability x 255, "
+        "or 0/255 when a threshold is given"
+    )
+    threshold: float | None = Field(
+        description="the threshold applied; null: statistics use the model's own binary mask"
+    )
+    foreground_fraction: float = Field(ge=0, le=1, description="share of foreground pixels")
+    bbox: BoundingBox | None = Field(description="null when there is no foreground")
+    mean_confidence: float = Field(
+        ge=0.5, le=1, description="mean over pixels of max(p, 1 - p), p the soft mask"
+    )
+    model: ModelInfo
+    timing: Timing
+
+
+class InputInfo(BaseModel):
+    short_side: int = Field(examples=[256])
+    max_size: int = Field(examples=[1024])
+    size_divisibility: int = Field(examples=[32])
+
+
+class TaskInfo(BaseModel):
+    name: str = Field(examples=["camouflage"])
+    aliases: list[str] = Field(examples=[["cod"]])
+    description: str = Field(examples=["camouflaged object detection"])
+    model: ModelInfo
+    input: InputInfo
+    max_batch_size: int = Field(examples=[8])
+
+
+class TasksResponse(BaseModel):
+    tasks: list[TaskInfo]
+
+
+class LiveResponse(BaseModel):
+    status: str = Field(examples=["alive"])
+
+
+class ReadyResponse(BaseModel):
+    status: str = Field(examples=["ready"])
+    tasks: list[str] = Field(examples=[["camouflage", "salient"]])

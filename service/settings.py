@@ -1,0 +1,104 @@
+"""Service settings: one pydantic-settings class, every knob a ``FOCUS_*`` environment variable.
+
+Nothing here is instantiated at import time; ``create_app(Settings())`` and the CLI build one.
+Invalid combinations are rejected with a precise message instead of being silently fixed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+BackendName = Literal["auto", "onnxruntime", "tensorrt", "torch"]
+DeviceName = Literal["cpu", "cuda"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of the segmentation service (``FOCUS_<FIELD>`` in the environment)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FOCUS_",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+        protected_namespaces=(),
+    )
+
+    model_repository: Path = Field(
+        default=Path("model_repository"),
+        description="Directory holding <task>/focus.json plus model.onnx / model.engine / "
+        "model.safetensors; every task found is served.",
+    )
+    backend: BackendName = Field(
+        default="auto",
+        description="Inference backend; 'auto' picks TensorRT, then ONNX Runtime, then PyTorch "
+        "among those available on FOCUS_DEVICE.",
+    )
+    device: DeviceName = Field(default="cpu", description="Where inference runs.")
+    require_gpu: bool = Field(
+        default=False,
+        description="Fail at start-up instead of falling back to CPU when CUDA is missing.",
+    )
+    host: str = Field(default="0.0.0.0", description="Address `focus serve` binds.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `focus serve` binds.")
+    max_batch_size: int = Field(
+        default=8, ge=1, le=1024, description="Largest batch sent to a backend."
+    )
+    max_delay_ms: float = Field(
+        default=10.0,
+        ge=0,
+        le=10_000,
+        description="How long a batch waits for more requests after its first.",
+    )
+    max_queue: int = Field(default=64, ge=1, description="Queued requests per task before 503.")
+    timeout_s: float = Field(
+        default=30.0, gt=0, description="Per-request deadline (504 when exceeded)."
+    )
+    max_body_bytes: int = Field(
+        default=20 * MiB, ge=1, description="Largest accepted request body."
+    )
+    max_pixels: int = Field(
+        default=40_000_000,
+        ge=1,
+        description="Largest accepted image (width x height), read from the header.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="When set, /segment and /tasks require it in the X-API-Key header.",
+    )
+    engine_cache: Path = Field(
+        default=Path("/var/cache/focus/engines"),
+        description="Also searched for TensorRT engines: <engine_cache>/<task>/model.engine.",
+    )
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Threads per inference call (ONNX Runtime, PyTorch); 0: library default.",
+    )
+    log_level: LogLevel = Field(default="info", description="Log level of the service and uvicorn.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="uvicorn worker processes (>1 switches metrics to multiprocess mode).",
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        if self.backend == "tensorrt" and self.device != "cuda":
+            raise ValueError("FOCUS_BACKEND=tensorrt needs FOCUS_DEVICE=cuda")
+        if self.require_gpu and self.device != "cuda":
+            raise ValueError("FOCUS_REQUIRE_GPU=true needs FOCUS_DEVICE=cuda")
+        return self
+
+    @property
+    def max_delay_s(self) -> float:
+        return self.max_delay_ms / 1000.0
+
+    def api_key_value(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key is not None else None

@@ -1,0 +1,81 @@
+"""Reading the image out of a request body, with the size limit enforced while streaming.
+
+Accepted bodies: ``multipart/form-data`` with a file field ``image``, or the raw image with an
+``image/*`` (or ``application/octet-stream``) content type. A declared Content-Length over the
+limit is refused before reading anything; otherwise the body is counted chunk by chunk and
+refused (413) as soon as it passes the limit, never after buffering all of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from service.errors import ErrorCode, ServiceError
+from service.imaging import IMAGE_MEDIA_TYPES
+
+FIELD = "image"
+MULTIPART = "multipart/form-data"
+
+
+def _too_large(limit: int) -> ServiceError:
+    return ServiceError(
+        ErrorCode.PAYLOAD_TOO_LARGE, f"request body exceeds the limit of {limit} bytes"
+    )
+
+
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
+    received = 0
+    async for chunk in stream:
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(limit)
+        yield chunk
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_image_body(request: Request, limit: int) -> bytes:
+    """The image bytes of a /segment request (415 / 413 / 422 / 400 on a bad body)."""
+    kind = media_type(request)
+    is_multipart = kind == MULTIPART
+    if not is_multipart and kind not in IMAGE_MEDIA_TYPES:
+        shown = kind or "none"
+        raise ServiceError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            f"unsupported content type {shown!r}; send multipart/form-data with a file field "
+            f"'{FIELD}', or the raw image as image/png, image/jpeg, image/webp, image/bmp, "
+            "image/tiff or image/gif",
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    stream = _limited(request.stream(), limit)
+    if not is_multipart:
+        return b"".join([chunk async for chunk in stream])
+    parser = MultiPartParser(request.headers, stream, max_files=1, max_fields=8)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ServiceError(
+            ErrorCode.MALFORMED_BODY, f"invalid multipart body: {exc.message}"
+        ) from None
+    try:
+        item = form.get(FIELD)
+        if item is None:
+            raise ServiceError(
+                ErrorCode.VALIDATION_ERROR, f"multipart body has no file field '{FIELD}'"
+            )
+        if not isinstance(item, UploadFile):
+            raise ServiceError(
+                ErrorCode.VALIDATION_ERROR,
+                f"multipart field '{FIELD}' must be a file (send it with a filename)",
+            )
+        return await item.read()
+    finally:
+        await form.close()
