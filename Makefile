@@ -23,7 +23,7 @@ DEPS_HASH := $(shell cat pyproject.toml Makefile | (sha256sum 2>/dev/null || sha
 SERVE_STAMP := $(VENV)/.focus-serve-$(DEPS_HASH)
 TEST_STAMP := $(VENV)/.focus-test-$(DEPS_HASH)
 
-.PHONY: help serve test install-serve install-test system-deps lint clean
+.PHONY: help serve test install-serve install-test system-deps lint clean demo-models
 
 help:
 	@echo "make serve  - install the service into $(VENV) and serve ./model_repository on :8000"
@@ -80,6 +80,10 @@ system-deps:
 test: $(TEST_STAMP) system-deps
 	@rc=0; $(BIN)/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+# Rebuild model_repository/: one tiny model per task, trained on synthetic data.
+demo-models: $(TEST_STAMP)
+	$(BIN)/python scripts/make_demo_models.py
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

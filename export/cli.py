@@ -1,0 +1,361 @@
+"""``focus export {onnx,tensorrt,triton}`` and ``focus pipeline``.
+
+``register(subparsers)`` only defines arguments; each handler imports what it needs, so
+``focus export tensorrt`` runs in the torch-free GPU image. Exit status: 0 done, 1 failed
+(parity, build, bad input), 2 usage error, 3 TensorRT / CUDA unavailable here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    export = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to ONNX, an ONNX graph to TensorRT, a repository to Triton",
+    )
+    sub = export.add_subparsers(
+        dest="export_command", required=True, metavar="{onnx,tensorrt,triton}"
+    )
+    _register_onnx(sub)
+    _register_tensorrt(sub)
+    _register_triton(sub)
+    _register_pipeline(subparsers)
+
+
+# ----------------------------------------------------------------------------- onnx
+
+
+def _register_onnx(sub: Any) -> None:
+    p = sub.add_parser(
+        "onnx",
+        help="checkpoint -> ONNX (+ focus.json beside it), checked against PyTorch",
+        description="Export a checkpoint directory (focus.json + model.safetensors) to ONNX with "
+        "dynamic batch, height and width, write focus.json beside it, and check the masks "
+        "against PyTorch on random and synthetic images at batch 1 and 4 (fp32: soft-mask max "
+        "|diff| <= 1e-4; fp16: mean |diff| <= 1e-2 and binary IoU >= 0.99). Fails (exit 1) "
+        "with the measured numbers when parity fails.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")
+    p.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
+    p.add_argument(
+        "--fp16", action="store_true", help="fp16 weights and compute (float32 inputs/outputs)"
+    )
+    p.set_defaults(func=_cmd_onnx)
+
+
+def _cmd_onnx(args: argparse.Namespace) -> int:
+    if args.opset < 17:
+        print(
+            f"error: --opset must be >= 17 (TensorRT, LayerNormalization), got {args.opset}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if not (args.checkpoint / "focus.json").is_file():
+        print(
+            f"error: {args.checkpoint} is not a checkpoint directory (no focus.json)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from export.onnx import export_checkpoint
+    from export.parity import ParityError
+
+    try:
+        result = export_checkpoint(args.checkpoint, args.out, opset=args.opset, fp16=args.fp16)
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"wrote {result['onnx']} ({result['bytes'] / 1e6:.1f} MB, {result['precision']}) and "
+        f"{Path(result['onnx']).parent / 'focus.json'}"
+    )
+    for name, report in result["parity"].items():
+        print(
+            f"parity {name} vs PyTorch: soft max |diff| {report['soft_max_abs']:.3g}, "
+            f"mean |diff| {report['soft_mean_abs']:.3g}, binary IoU min {report['min_iou']:.6f} "
+            f"({report['runs']} masks): ok"
+        )
+    return 0
+
+
+# ----------------------------------------------------------------------------- tensorrt
+
+
+def _register_tensorrt(sub: Any) -> None:
+    p = sub.add_parser(
+        "tensorrt",
+        help="ONNX -> TensorRT engine (+ model.engine.json), checked against ONNX Runtime",
+        description="Build a TensorRT engine for this GPU with one optimisation profile over "
+        "batch 1..B and every padded shape the preprocessing produces (or --shapes), a "
+        "persistent timing cache, and check its masks against ONNX Runtime (mean |diff| <= "
+        "1e-2, binary IoU >= 0.99). Needs TensorRT 10 and a CUDA device (exit 3 without).",
+    )
+    p.add_argument("--onnx", type=Path, required=True, help="exported ONNX graph")
+    p.add_argument("--out", type=Path, required=True, help="engine file (e.g. model.engine)")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument(
+        "--fp16", action="store_const", const="fp16", dest="precision", help="allow fp16 kernels"
+    )
+    precision.add_argument(
+        "--bf16", action="store_const", const="bf16", dest="precision", help="allow bf16 kernels"
+    )
+    p.set_defaults(precision="fp32")
+    p.add_argument("--max-batch", type=_positive_int, default=8, help="profile max batch (8)")
+    p.add_argument(
+        "--opt-batch",
+        type=_positive_int,
+        default=None,
+        help="batch the kernels are tuned for (default: --max-batch)",
+    )
+    p.add_argument(
+        "--workspace",
+        type=_positive_float,
+        default=4.0,
+        help="builder workspace memory pool limit in GB (4)",
+    )
+    p.add_argument(
+        "--shapes",
+        default=None,
+        metavar="min=HxW,opt=HxW,max=HxW",
+        help="padded input sizes of the profile (default: all the preprocessing "
+        "can produce: 64 up to the card's max size, opt a 4:3 photo)",
+    )
+    p.add_argument(
+        "--timing-cache",
+        type=Path,
+        default=None,
+        help="timing cache file (default $FOCUS_ENGINE_CACHE/timing.cache, else beside the engine)",
+    )
+    p.set_defaults(func=_cmd_tensorrt)
+
+
+def _cmd_tensorrt(args: argparse.Namespace) -> int:
+    from export.parity import ParityError
+    from export.tensorrt import (
+        EngineBuildError,
+        GraphNotSupportedError,
+        TensorRTUnavailableError,
+        build_engine,
+        check_engine_parity,
+        parse_shapes,
+    )
+
+    try:
+        shapes = parse_shapes(args.shapes) if args.shapes else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.onnx.is_file():
+        print(f"error: {args.onnx}: no such ONNX file", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        info = build_engine(
+            args.onnx,
+            args.out,
+            precision=args.precision,
+            max_batch=args.max_batch,
+            opt_batch=args.opt_batch,
+            workspace_gb=args.workspace,
+            shapes=shapes,
+            timing_cache=args.timing_cache,
+        )
+        print(
+            f"wrote {args.out} ({info.precision}, max batch {info.max_batch}) for "
+            f"{info.gpu_name}, TensorRT {info.tensorrt_version}, in {info.build_seconds:.0f} s"
+        )
+        report = check_engine_parity(args.onnx, args.out, args.precision)
+    except TensorRTUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (ParityError, EngineBuildError, GraphNotSupportedError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"parity vs ONNX Runtime: {report.summary()}: ok")
+    return 0
+
+
+# ----------------------------------------------------------------------------- triton
+
+
+def _register_triton(sub: Any) -> None:
+    from_platforms = ("onnxruntime_onnx", "tensorrt_plan")
+    p = sub.add_parser(
+        "triton",
+        help="our model repository -> a Triton Inference Server model repository",
+        description="Write <out>/<task>/config.pbtxt, 1/model.onnx (or 1/model.plan) and "
+        "focus.json for every task of the model repository.",
+    )
+    p.add_argument("--model-repository", type=Path, required=True, help="our model repository")
+    p.add_argument("--out", type=Path, required=True, help="Triton model repository to write")
+    p.add_argument("--platform", choices=from_platforms, default="onnxruntime_onnx")
+    p.add_argument(
+        "--max-batch",
+        type=_positive_int,
+        default=None,
+        help="max_batch_size (default 8; a plan's own max batch)",
+    )
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=2000,
+        help="dynamic batching queue delay in microseconds (2000)",
+    )
+    p.add_argument("--instances", type=_positive_int, default=1, help="instances per device (1)")
+    p.add_argument(
+        "--kind",
+        choices=("KIND_AUTO", "KIND_GPU", "KIND_CPU"),
+        default=None,
+        help="instance kind (default KIND_GPU for plans, else KIND_AUTO)",
+    )
+    p.set_defaults(func=_cmd_triton)
+
+
+def _cmd_triton(args: argparse.Namespace) -> int:
+    from export.triton import TritonOptions, write_triton_repository
+
+    kind = args.kind or ("KIND_GPU" if args.platform == "tensorrt_plan" else "KIND_AUTO")
+    try:
+        options = TritonOptions(
+            platform=args.platform,
+            max_batch=args.max_batch,
+            max_queue_delay_us=args.max_queue_delay_us,
+            instances=args.instances,
+            kind=kind,
+        )
+        written = write_triton_repository(args.model_repository, args.out, options)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for path in written:
+        print(f"wrote {path}/config.pbtxt")
+    return 0
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def _register_pipeline(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "pipeline",
+        help="train, evaluate, export (ONNX, TensorRT on CUDA) and publish one task",
+        description="Train on --data, evaluate, export ONNX (parity-checked), build a TensorRT "
+        "engine where TensorRT and CUDA are present, and write REPO/<task>/{focus.json, "
+        "model.onnx, pipeline.json}. Prints each stage's outcome; a failed stage exits 1 and "
+        "leaves the repository untouched.",
+    )
+    p.add_argument("--task", required=True, help="task name or alias")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="NAME_OR_DIR",
+        help="training data: folders with images/ and masks/, or dataset names",
+    )
+    p.add_argument("--out", type=Path, required=True, help="model repository to write into")
+    p.add_argument("--preset", default="tiny", help="model preset (tiny)")
+    p.add_argument("--iters", type=_positive_int, default=2000, help="training iterations (2000)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per step (8)")
+    p.add_argument(
+        "--num-points",
+        type=_positive_int,
+        default=12544,
+        help="points per mask in the losses (12544)",
+    )
+    p.add_argument(
+        "--eval-data",
+        nargs="+",
+        default=(),
+        metavar="NAME_OR_DIR",
+        help="evaluation data (default: the training data)",
+    )
+    p.add_argument(
+        "--eval-limit",
+        type=_positive_int,
+        default=None,
+        help="evaluate at most this many images per set",
+    )
+    p.add_argument("--data-root", type=Path, default=None, help="root of reference datasets")
+    p.add_argument(
+        "--work", type=Path, default=None, help="run folder to keep (default: a temporary folder)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="training device (auto)")
+    p.add_argument("--workers", type=int, default=2, help="data loader workers (2)")
+    p.add_argument(
+        "--tensorrt",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="build an engine: auto = when TensorRT and CUDA are present",
+    )
+    p.add_argument(
+        "--with-weights",
+        action="store_true",
+        help="also publish model.safetensors (for the torch backend)",
+    )
+    p.set_defaults(func=_cmd_pipeline)
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from export.pipeline import PipelineConfig, PipelineError, run_pipeline
+    from models.tasks import UnknownTaskError
+
+    try:
+        config = PipelineConfig(
+            task=args.task,
+            data=tuple(args.data),
+            out=args.out,
+            preset=args.preset,
+            iters=args.iters,
+            batch_size=args.batch_size,
+            num_points=args.num_points,
+            eval_data=tuple(args.eval_data),
+            eval_limit=args.eval_limit,
+            data_root=args.data_root,
+            work=args.work,
+            seed=args.seed,
+            device=args.device,
+            workers=args.workers,
+            tensorrt=args.tensorrt,
+            with_weights=args.with_weights,
+        )
+        report = run_pipeline(config, echo=print)
+    except UnknownTaskError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"published {args.out / report['task']}")
+    return 0

@@ -1,0 +1,266 @@
+"""``focus pipeline``: train, evaluate, export and publish one task into a model repository.
+
+    focus pipeline --task T --data D --out REPO [--preset P] [--iters N] [--eval-data E]
+
+Stages, each printed with its outcome as it ends:
+
+1. **train** -- ``training.loop.train`` on ``D`` (a folder with ``images/`` and ``masks/``, or a
+   reference dataset name) into a run folder (``--work``, default a temporary folder);
+2. **evaluate** -- the checkpoint on ``--eval-data`` (default: ``D`` itself, which then only
+   shows that training took) through the shared inference path (``training.evaluate``);
+3. **onnx** -- ``export.onnx.export_checkpoint``: fp32 graph + parity against PyTorch;
+4. **tensorrt** -- ``export.tensorrt.build_engine`` (fp16) + parity against ONNX Runtime, only
+   where TensorRT and a CUDA device are present (otherwise: skipped, with the reason);
+5. **publish** -- ``REPO/<task>/{focus.json, model.onnx}`` (+ ``model.engine``/``.json``, and
+   ``model.safetensors`` with ``--with-weights``) and ``pipeline.json`` (what each stage
+   measured), replacing an older entry only once everything passed.
+
+A stage that fails stops the pipeline with a non-zero exit and leaves ``REPO`` untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SHOWN_METRICS = ("MAE", "S", "E_mean", "wF", "F_max", "F1", "images")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    task: str
+    data: tuple[str, ...]
+    out: Path  # the model repository
+    preset: str = "tiny"
+    iters: int = 2000
+    batch_size: int = 8
+    num_points: int = 12544
+    eval_data: tuple[str, ...] = ()  # default: data
+    eval_limit: int | None = None
+    data_root: Path | None = None
+    work: Path | None = None  # run folder; None: a temporary one, removed at the end
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    tensorrt: str = "auto"  # auto (when CUDA + TensorRT are present) | off | on
+    trt_precision: str = "fp16"
+    with_weights: bool = False
+    train_options: dict[str, Any] = field(default_factory=dict)  # extra TrainConfig fields
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # ok | skipped | failed
+    seconds: float
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class PipelineError(RuntimeError):
+    def __init__(self, stage: StageResult) -> None:
+        self.stage = stage
+        super().__init__(f"pipeline stage {stage.name!r} failed: {stage.detail}")
+
+
+def _print(result: StageResult, echo: Callable[[str], None]) -> None:
+    echo(f"[{result.status:>7}] {result.name:<9} {result.seconds:7.1f} s  {result.detail}")
+
+
+def _stage(
+    name: str,
+    fn: Callable[[], tuple[str, dict[str, Any]]],
+    results: list[StageResult],
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    try:
+        detail, data = fn()
+        status = "ok"
+    except _Skip as skip:
+        detail, data, status = str(skip), {}, "skipped"
+    except Exception as exc:
+        result = StageResult(
+            name, "failed", time.perf_counter() - start, f"{type(exc).__name__}: {exc}"
+        )
+        results.append(result)
+        _print(result, echo)
+        raise PipelineError(result) from exc
+    result = StageResult(name, status, time.perf_counter() - start, detail, data)
+    results.append(result)
+    _print(result, echo)
+    return data
+
+
+class _Skip(Exception):
+    """A stage that does not apply here (e.g. TensorRT without a GPU)."""
+
+
+def _pair_lists(specs: tuple[str, ...], data_root: Path | None) -> list[Any]:
+    from training.datasets import resolve_dataset
+
+    return [resolve_dataset(s, data_root) for s in specs]
+
+
+def run_pipeline(
+    config: PipelineConfig, echo: Callable[[str], None] = logger.info
+) -> dict[str, Any]:
+    """Run every stage; returns the report also written to ``REPO/<task>/pipeline.json``."""
+    from models.tasks import canonical_task
+
+    task = canonical_task(config.task)
+    if not config.data:
+        raise ValueError("--data is required (a folder with images/ and masks/, or a dataset)")
+    results: list[StageResult] = []
+    scratch = None
+    work = config.work
+    if work is None:
+        scratch = tempfile.mkdtemp(prefix=f"focus-pipeline-{task}-")
+        work = Path(scratch)
+    work.mkdir(parents=True, exist_ok=True)
+    staging = work / "publish"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    state: dict[str, Any] = {}
+    try:
+        state.update(_stage("train", lambda: _train(config, task, work), results, echo))
+        state.update(_stage("evaluate", lambda: _evaluate(config, state), results, echo))
+        state.update(_stage("onnx", lambda: _onnx(state, staging), results, echo))
+        state.update(_stage("tensorrt", lambda: _tensorrt(config, staging), results, echo))
+        report = {
+            "task": task,
+            "preset": config.preset,
+            "data": list(config.data),
+            "eval_data": list(config.eval_data or config.data),
+            "stages": [
+                {
+                    "name": r.name,
+                    "status": r.status,
+                    "seconds": round(r.seconds, 1),
+                    "detail": r.detail,
+                    **r.data,
+                }
+                for r in results
+            ],
+        }
+        _stage("publish", lambda: _publish(config, task, state, staging, report), results, echo)
+        return report
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train(config: PipelineConfig, task: str, work: Path) -> tuple[str, dict[str, Any]]:
+    from training.loop import TrainConfig, train
+
+    run = work / "run"
+    options = {
+        "out": run,
+        "task": task,
+        "preset": config.preset,
+        "data": config.data,
+        "data_root": config.data_root,
+        "iters": config.iters,
+        "batch_size": config.batch_size,
+        "num_points": config.num_points,
+        "seed": config.seed,
+        "device": config.device,
+        "workers": config.workers,
+        "resume": (run / "trainer_state.pt").exists(),
+        **config.train_options,
+    }
+    checkpoint = train(TrainConfig(**options))
+    return f"{config.iters} iterations -> {checkpoint}", {"checkpoint": str(checkpoint)}
+
+
+def _evaluate(config: PipelineConfig, state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    from models.checkpoint import load_checkpoint
+    from training.evaluate import evaluate_pairs, torch_predictor
+
+    model, card = load_checkpoint(state["checkpoint"])
+    predict = torch_predictor(model)
+    scores = {}
+    for pairs in _pair_lists(config.eval_data or config.data, config.data_root):
+        result = evaluate_pairs(pairs, predict, card, limit=config.eval_limit)
+        binary = result["binary"]
+        scores[pairs.name] = {k: binary[k] for k in SHOWN_METRICS if k in binary}
+    text = "; ".join(
+        f"{name} (binary): " + ", ".join(_fmt(k, v) for k, v in s.items())
+        for name, s in scores.items()
+    )
+    return text, {"metrics": scores}
+
+
+def _fmt(key: str, value: Any) -> str:
+    return f"{key} {value}" if isinstance(value, int) else f"{key} {value:.3f}"
+
+
+def _onnx(state: dict[str, Any], staging: Path) -> tuple[str, dict[str, Any]]:
+    from export.onnx import export_checkpoint
+
+    result = export_checkpoint(state["checkpoint"], staging / "model.onnx")
+    p = result["parity"]["fp32"]
+    text = (
+        f"{result['bytes'] / 1e6:.1f} MB; parity vs PyTorch: soft max |diff| "
+        f"{p['soft_max_abs']:.2g}, IoU {p['min_iou']:.4f}"
+    )
+    return text, {"onnx": result}
+
+
+def _tensorrt(config: PipelineConfig, staging: Path) -> tuple[str, dict[str, Any]]:
+    from export.tensorrt import (
+        TensorRTUnavailableError,
+        build_engine,
+        check_engine_parity,
+        cuda_device_name,
+        import_tensorrt,
+    )
+
+    if config.tensorrt == "off":
+        raise _Skip("disabled (--tensorrt off)")
+    try:
+        import_tensorrt()
+        cuda_device_name()
+    except (TensorRTUnavailableError, ImportError) as exc:
+        if config.tensorrt == "on":
+            raise
+        raise _Skip(str(exc).split(";")[0]) from None
+    engine = staging / "model.engine"
+    info = build_engine(staging / "model.onnx", engine, precision=config.trt_precision)
+    report = check_engine_parity(staging / "model.onnx", engine, config.trt_precision)
+    text = (
+        f"{config.trt_precision} engine for {info.gpu_name} (TensorRT {info.tensorrt_version}); "
+        f"parity vs ONNX Runtime: mean |diff| {report.soft_mean_abs:.2g}, IoU {report.min_iou:.4f}"
+    )
+    return text, {"tensorrt": {**info.to_dict(), "parity": report.to_dict()}}
+
+
+def _publish(
+    config: PipelineConfig, task: str, state: dict[str, Any], staging: Path, report: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    if config.with_weights:
+        shutil.copyfile(
+            Path(state["checkpoint"]) / "model.safetensors", staging / "model.safetensors"
+        )
+    (staging / "timing.cache").unlink(missing_ok=True)
+    (staging / "pipeline.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    target = Path(config.out) / task
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{task}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    shutil.copytree(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+    files = sorted(p.name for p in target.iterdir())
+    return f"{target}: {', '.join(files)}", {"entry": str(target)}
