@@ -1,0 +1,458 @@
+"""``train(TrainConfig(...))``: images and masks in, a FOCUS checkpoint directory out.
+
+From Python (e.g. the train -> export pipeline)::
+
+    from training.config import TrainConfig, tiny_cpu_config
+    from training.loop import train
+
+    ckpt = train(tiny_cpu_config("runs/cod", "camouflage", ["data/cod"], iters=600,
+                                 max_seconds=600))   # -> Path("runs/cod/checkpoint")
+    ckpt = train(TrainConfig(out=Path("runs/cod"), task="camouflage", data=("data/cod",)))
+
+``train`` returns the checkpoint directory (``models.checkpoint.load_checkpoint`` reads it).
+
+The reference recipe (OFFICIAL_TRAINING.md, FOCUS ``train_net.py``) is the default: AdamW with
+lr 1e-4, backbone x0.1, weight decay 0.05 (see ``training.optim`` for which parameters),
+poly schedule (power 0.9, no warmup), full-model gradient clipping to 0.01, 20k iterations of
+8 images, the losses of ``training.losses`` with 12544 points, and the augmentation of
+``training.augment`` scaled to the preset's input size.
+
+Reference quirks reproduced by default, each with the option that changes it:
+
+* stochastic depth 0.4 in the ViT blocks and extractor FFNs (a hidden default of the reference's
+  ViT) -- ``drop_path``;
+* weight decay on ``pos_embed``, ``cls_token``, ``level_embed`` and the ``gamma``s --
+  ``decay_embeddings=False``;
+* the fixed square canvas: the (scaled) 640 crop is padded/truncated to the (scaled) 512
+  canvas, so what lies right/below the canvas is lost -- ``crop`` (``crop = canvas`` crops
+  uniformly inside the canvas instead);
+* layer 0 of the decoder cross-attends unmasked in training (the reference's PCA mask is a
+  no-op). This lives in ``models.transformer_decoder`` and has no training switch;
+* no DINOv2 registers, the near-constant CLIP input and the inert CLIP mask prompt (models/).
+
+Run folder ``out``:
+
+    checkpoint/         focus.json + model.safetensors (models.checkpoint, atomic)
+    trainer_state.pt    everything to resume: weights, optimiser, GradScaler, step, data
+                        position (plain tensors/dicts; torch.save, read with weights_only=True)
+    log.jsonl           one line per logged step
+    tb/                 TensorBoard events, when tensorboard is installed
+
+Both files are rewritten every ``save_every`` steps and at the end, each atomically (a
+temporary file or folder, then ``os.replace``); ``trainer_state.pt`` carries the weights
+itself, so a crash between the two writes never pairs an optimiser with other weights.
+
+Determinism: every random draw of a step (drop-path, point sampling) comes from seeds derived
+from (seed, rank, step) and every sample from (seed, epoch, index) (``training.data``), so
+``resume=True`` continues to the same weights as an uninterrupted run (bitwise on CPU).
+
+Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), each process
+trains on its shard with DDP -- NCCL on CUDA, gloo on CPU. ``batch_size`` is per process and
+per micro-step: the optimiser sees ``batch_size x accum x world_size`` images (the reference:
+4 x 1 x 2 GPUs = 8). The backbone's ``norm1..4`` become SyncBatchNorm under DDP on CUDA, as in
+the reference (the edge ResNet's BN and the CLIP projection heads stay per-process); gloo has
+no SyncBatchNorm, so on CPU every BN uses per-process statistics. Rank 0 writes all files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from models.build import build_focus
+from models.checkpoint import save_checkpoint
+from models.config import FocusConfig, ModelCard, get_preset, make_card
+from models.tasks import get_task
+from training.augment import AugmentConfig
+from training.config import TrainConfig
+from training.data import ResumableSampler, TrainDataset, collate
+from training.datasets import Pair, pair_folders, resolve_dataset
+from training.distributed import convert_sync_bn, init_distributed, resolve_device
+from training.losses import FocusCriterion, LossWeights, summarise
+from training.matcher import HungarianMatcher
+from training.monitor import Monitor, preview_image
+from training.optim import build_optimizer, poly_lr, resolve_amp, set_lr
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+CHECKPOINT_DIR = "checkpoint"
+STATE_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def training_pairs(config: TrainConfig) -> list[Pair]:
+    """The run's image/mask pairs; problems (missing or unreadable files) are logged by name
+    and left out."""
+    specs = list(config.data)
+    if not specs and config.images is None:
+        if config.data_root is None:
+            raise ValueError("give data (names or folders), images + masks, or data_root")
+        specs = list(get_task(config.task).train_sets)
+    lists = [resolve_dataset(s, config.data_root) for s in specs]
+    if config.images is not None and config.masks is not None:
+        lists.append(pair_folders(config.images, config.masks))
+    pairs: list[Pair] = []
+    for pl in lists:
+        if pl.problems:
+            logger.warning("%s", pl.report())
+        pairs += pl.pairs
+    if not pairs:
+        raise ValueError("no usable training pairs")
+    return pairs
+
+
+def _model_config(config: TrainConfig) -> FocusConfig:
+    cfg = get_preset(config.preset)
+    if config.drop_path is not None:
+        cfg = dataclasses.replace(cfg, drop_path_rate=config.drop_path)
+    if config.input_short_side is not None:
+        ratio = cfg.input_max_size / cfg.input_short_side
+        cfg = dataclasses.replace(
+            cfg,
+            input_short_side=config.input_short_side,
+            input_max_size=int(round(config.input_short_side * ratio)),
+        )
+    return cfg
+
+
+def _setup_clip(model: nn.Module, config: TrainConfig, device: torch.device) -> Tensor | None:
+    """Freeze CLIP as the reference does; return the [3, E] text features (fg, bg, "None")
+    when distillation is on, else None."""
+    from models.clip import freeze_clip_except_mask_embedding, load_openai_clip
+
+    predictor = model.sem_seg_head.predictor
+    refiner = predictor.clip_refiner
+    if config.clip_weights is None:
+        if refiner is not None:  # unused without distillation: nothing to train
+            for module in (refiner, predictor.text_embed, predictor.image_embed):
+                module.requires_grad_(False)
+        logger.info(
+            "CLIP distillation is off (give --clip-weights and --clip-vocab to enable it); "
+            "training without the loss_clip terms"
+        )
+        return None
+    if refiner is None:
+        raise ValueError(f"preset {config.preset!r} has no CLIP refiner (with_clip=False)")
+    from models.clip_tokenizer import ClipTokenizer
+
+    load_openai_clip(refiner, config.clip_weights)
+    freeze_clip_except_mask_embedding(refiner)
+    # Our decoder never reads non_object_embedding (the reference concatenates and drops it,
+    # so only weight decay moves it there); frozen here so DDP sees no unused parameter.
+    refiner.non_object_embedding.requires_grad_(False)
+    tokenizer = ClipTokenizer(config.clip_vocab)
+    prompts = (*get_task(config.task).prompts, "None")
+    ctx = refiner.clip_model.context_length
+    with torch.no_grad():
+        tokens = [tokenizer.tokenize_templates(p, context_length=ctx) for p in prompts]
+        text = refiner.text_features(tokens)  # [3, E]
+    logger.info("CLIP distillation on (weight %g), prompts %s", _clip_weight(config), prompts[:2])
+    return text.to(device)
+
+
+def _clip_weight(config: TrainConfig) -> float:
+    if config.clip_weight is not None:
+        return config.clip_weight
+    return get_task(config.task).clip_weight
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> tuple[Tensor, Tensor, list[dict]]:
+    nb = device.type == "cuda"
+    image = batch["image"].to(device, non_blocking=nb)
+    edges = batch["edges"].to(device, non_blocking=nb)
+    targets = [{k: v.to(device, non_blocking=nb) for k, v in t.items()} for t in batch["targets"]]
+    return image, edges, targets
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    """A 63-bit seed drawn from (seed, rank, step) (numpy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _card(config: TrainConfig, model_cfg: FocusConfig, step: int, distilled: bool) -> ModelCard:
+    return make_card(
+        config.task,
+        config.preset,
+        model_cfg,
+        provenance={
+            "source": "focus train",
+            "step": step,
+            "iters": config.iters,
+            "clip_distillation": distilled,
+            "torch": torch.__version__,
+            "train_config": config.to_dict(),
+        },
+    )
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read the trainer state ({exc})") from exc
+
+
+# Settings that change the network, its trainable parameters or the random stream.
+_RESUME_KEYS = ("task", "preset", "seed", "input_short_side", "decay_embeddings")
+
+
+def _check_resumable(state: dict[str, Any], config: TrainConfig, world: int) -> None:
+    saved, now = state["config"], config.to_dict()
+    for key in _RESUME_KEYS:
+        if saved.get(key) != now[key]:
+            raise ValueError(f"cannot resume: {key} was {saved.get(key)!r}, now {now[key]!r}")
+    if (saved.get("clip_weights") is None) != (config.clip_weights is None):
+        raise ValueError(
+            "cannot resume: the CLIP distillation was "
+            f"{'off' if saved.get('clip_weights') is None else 'on'} in this run"
+        )
+    if state["world_size"] != world:
+        logger.warning(
+            "resuming with %d processes instead of %d: the data order differs from an "
+            "uninterrupted run", world, state["world_size"],
+        )
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) the run in ``config.out``; returns its checkpoint directory
+    (``out/checkpoint``, loadable with ``models.checkpoint.load_checkpoint``)."""
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        # On a shared or oversubscribed CPU, OpenMP barriers make small ops wait for threads
+        # that are not scheduled: one thread per process can be several times faster.
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig) -> Path:
+    d = init_distributed(config.device)
+    device = resolve_device(config.device, d)
+    run_dir = Path(config.out)
+    state_path = run_dir / STATE_FILE
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if state_path.exists() and not config.resume:
+        raise FileExistsError(f"{run_dir} already holds a run; resume it or choose another out")
+
+    torch.manual_seed(config.seed)  # same initial weights on every rank
+    model_cfg = _model_config(config)
+    model = build_focus(model_cfg)
+    state = _load_state(state_path) if config.resume and state_path.exists() else None
+    if config.resume and state is None:
+        logger.info("nothing to resume in %s; starting a new run", run_dir)
+    if state is None and config.backbone_weights is not None:
+        from models.dinov2_weights import load_dinov2_into
+
+        load_dinov2_into(model, config.backbone_weights)
+    clip_text = _setup_clip(model, config, device)
+    if d.enabled and device.type == "cuda":
+        convert_sync_bn(model)
+    model.to(device).train()
+
+    optimizer = build_optimizer(
+        model,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        backbone_multiplier=config.backbone_multiplier,
+        decay_embeddings=config.decay_embeddings,
+    )
+    amp_dtype = resolve_amp(config.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    start, consumed = 0, 0
+    if state is not None:
+        _check_resumable(state, config, d.world)
+        model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start, consumed = int(state["step"]), int(state["samples_per_rank"])
+        logger.info("resuming %s at step %d", run_dir, start)
+
+    ddp = model
+    if d.enabled:
+        ddp = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    forward = torch.compile(ddp) if config.compile else ddp
+
+    weights = LossWeights(clip=_clip_weight(config))
+    criterion = FocusCriterion(
+        matcher=HungarianMatcher(num_points=config.num_points),
+        weights=weights,
+        num_classes=model_cfg.num_classes,
+        num_points=config.num_points,
+        oversample_ratio=config.oversample_ratio,
+        importance_sample_ratio=config.importance_sample_ratio,
+    )
+
+    pairs = training_pairs(config)
+    aug = AugmentConfig.for_short_side(model_cfg.input_short_side)
+    if config.crop is not None:
+        aug = dataclasses.replace(aug, crop=config.crop)
+    if config.short_sides is not None:
+        aug = dataclasses.replace(aug, short_sides=tuple(config.short_sides))
+    dataset = TrainDataset(pairs, aug, seed=config.seed)
+    sampler = ResumableSampler(len(dataset), config.seed, d.rank, d.world, start=consumed)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=config.workers > 0,
+    )
+    batches: Iterator[dict[str, Any]] = iter(loader)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if d.main:
+        logger.info(
+            "training %s/%s on %d pairs: %d steps x %d images (batch %d x accum %d x %d "
+            "processes), %s, amp %s, %d trainable parameters",
+            config.preset, config.task, len(pairs), config.iters,
+            config.batch_size * config.accum * d.world, config.batch_size, config.accum,
+            d.world, device, amp_dtype, sum(p.numel() for p in params),
+        )
+
+    monitor = Monitor(
+        run_dir, total=config.iters, start=start, enabled=d.main,
+        progress=config.progress, tensorboard=config.tensorboard,
+    )
+    step = start
+    t_start = time.perf_counter()
+    t_log, images_since_log = time.perf_counter(), 0
+    sums: dict[str, float] = {}
+    steps_since_log = 0
+    end = config.iters if config.stop_at is None else min(config.iters, config.stop_at)
+
+    def save() -> None:
+        if d.main:
+            save_checkpoint(model, _card(config, model_cfg, step, clip_text is not None),
+                            run_dir / CHECKPOINT_DIR)
+            _atomic_torch_save(
+                {
+                    "format": STATE_FORMAT,
+                    "step": step,
+                    "samples_per_rank": consumed,
+                    "world_size": d.world,
+                    "config": config.to_dict(),
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                },
+                state_path,
+            )
+        if d.enabled:
+            dist.barrier()
+
+    try:
+        while step < end:
+            set_lr(optimizer, poly_lr(config.lr, step, config.iters, config.poly_power))
+            seed = _step_seed(config.seed, d.rank, step)
+            torch.manual_seed(seed)  # drop-path draws
+            generator = torch.Generator(device).manual_seed(seed)  # point sampling
+            outputs, targets, image = None, None, None
+            for micro in range(config.accum):
+                batch = next(batches)
+                image, edges, targets = _to_device(batch, device)
+                last = micro == config.accum - 1
+                sync = ddp.no_sync() if d.enabled and not last else contextlib.nullcontext()
+                autocast = torch.autocast(
+                    device.type, dtype=amp_dtype, enabled=amp_dtype is not None
+                )
+                with sync:
+                    with autocast:
+                        outputs = forward(image, edges, clip_text)
+                        losses = criterion(outputs, targets, generator)
+                        loss = criterion.total(losses) / config.accum
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"loss became {loss.item()} at step {step}: "
+                            + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                        )
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                for term, value in summarise(losses, weights).items():
+                    sums[term] = sums.get(term, 0.0) + value / config.accum
+                consumed += config.batch_size
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            max_norm = config.clip_grad if config.clip_grad > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            steps_since_log += 1
+            images_since_log += config.batch_size * config.accum * d.world
+            monitor.step()
+            out_of_time = torch.tensor(
+                float(config.max_seconds is not None
+                      and time.perf_counter() - t_start >= config.max_seconds)
+            )
+            if d.enabled:
+                dist.all_reduce(out_of_time, op=dist.ReduceOp.MAX)  # stop together
+            if out_of_time.item() and step < end:
+                logger.info("time budget of %.0f s used up at step %d", config.max_seconds, step)
+                end = step
+
+            if step % config.log_every == 0 or step == end:
+                now = time.perf_counter()
+                monitor.log({
+                    "step": step,
+                    "lr": poly_lr(config.lr, step - 1, config.iters, config.poly_power),
+                    "images_per_s": images_since_log / max(now - t_log, 1e-9),
+                    "grad_norm": grad_norm,
+                    "seconds": now - t_start,
+                    "loss": {k: v / steps_since_log for k, v in sums.items()},
+                })
+                t_log, images_since_log, sums, steps_since_log = now, 0, {}, 0
+            if monitor.wants_images and (step % config.image_every == 0 or step == 1):
+                assert outputs is not None and targets is not None and image is not None
+                t0 = targets[0]
+                picture = preview_image(image[0], t0["masks"], t0["labels"], outputs)
+                monitor.image("preview", picture, step)
+
+            if step < end and config.save_every > 0 and step % config.save_every == 0:
+                save()
+        save()
+    finally:
+        monitor.close()
+        if d.owned:
+            dist.destroy_process_group()
+    if d.main:
+        logger.info("wrote %s (step %d)", run_dir / CHECKPOINT_DIR, step)
+    return run_dir / CHECKPOINT_DIR
