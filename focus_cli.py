@@ -21,7 +21,10 @@ _SUBCOMMAND_MODULES = ("training.cli", "export.cli", "models.cli", "service.cli"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focus", description="FOCUS foreground segmentation")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    # dest differs from subcommands' own --log-level (e.g. serve's, which configures uvicorn)
+    parser.add_argument(
+        "--log-level", dest="root_log_level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _SUBCOMMAND_MODULES:
         try:
@@ -38,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.root_log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return int(args.func(args) or 0)
 
 
