@@ -23,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focus", description="FOCUS foreground segmentation")
     # dest differs from subcommands' own --log-level (e.g. serve's, which configures uvicorn)
     parser.add_argument(
-        "--log-level", dest="root_log_level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        dest="root_log_level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _SUBCOMMAND_MODULES:
