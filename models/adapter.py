@@ -28,7 +28,7 @@ class DWConv(nn.Module):
         parts = x.split([h * w for h, w in c_shapes], dim=1)
         out = [
             self.dwconv(p.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
-            for p, (h, w) in zip(parts, c_shapes)
+            for p, (h, w) in zip(parts, c_shapes, strict=True)
         ]
         return torch.cat(out, dim=1)
 

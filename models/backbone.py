@@ -117,7 +117,7 @@ class FocusBackbone(nn.Module):
         x_ref = reference_points([(h, w)], image.device)  # ViT token centres, queries of injectors
         c_ref = reference_points(c_shapes, image.device)  # c token centres, queries of extractors
         outs = []
-        for (first, last), layer in zip(self.interaction_indexes, self.interactions):
+        for (first, last), layer in zip(self.interaction_indexes, self.interactions, strict=True):
             x, c, cls = layer(
                 x, c, cls, self.blocks[first : last + 1], x_ref, c_ref, (h, w), c_shapes
             )
@@ -134,7 +134,11 @@ class FocusBackbone(nn.Module):
         feats = [
             norm(ci + F.interpolate(xi, size=size, mode="bilinear", align_corners=False))
             for norm, ci, xi, size in zip(
-                (self.norm1, self.norm2, self.norm3, self.norm4), (c1, c2, c3, c4), outs, sizes
+                (self.norm1, self.norm2, self.norm3, self.norm4),
+                (c1, c2, c3, c4),
+                outs,
+                sizes,
+                strict=True,
             )
         ]
         return {f"res{i + 2}": f for i, f in enumerate(feats)}

@@ -64,7 +64,8 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     if missing or unexpected or mismatched:
         raise CheckpointError(
             f"{source} does not match the network: {len(missing)} missing {missing[:20]}, "
-            f"{len(unexpected)} unexpected {unexpected[:20]}, {len(mismatched)} mis-shaped {mismatched[:20]}"
+            f"{len(unexpected)} unexpected {unexpected[:20]}, "
+            f"{len(mismatched)} mis-shaped {mismatched[:20]}"
         )
     model.load_state_dict(state, strict=True)
 

@@ -26,7 +26,8 @@ def read_official_file(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the reason
         raise CheckpointError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}). "
+            f"{path}: cannot be read with torch.load(weights_only=True) "
+            f"({type(exc).__name__}: {exc}). "
             "Only plain tensor checkpoints are accepted; re-save it as {'model': state_dict}."
         ) from exc
     state = obj.get("model", obj) if isinstance(obj, dict) else None

@@ -137,12 +137,14 @@ class PixelDecoder(nn.Module):
         """-> mask features [B, mask_dim, H/4, W/4], multi-scale features [s32, s16, s8]."""
         srcs = [
             proj(features[name].float())
-            for proj, name in zip(self.input_proj, ("res5", "res4", "res3"))
+            for proj, name in zip(self.input_proj, ("res5", "res4", "res3"), strict=True)
         ]
         memory, shapes = self.transformer(srcs)
         b = memory.shape[0]
         levels = memory.split([h * w for h, w in shapes], dim=1)
-        multi_scale = [z.transpose(1, 2).reshape(b, -1, h, w) for z, (h, w) in zip(levels, shapes)]
+        multi_scale = [
+            z.transpose(1, 2).reshape(b, -1, h, w) for z, (h, w) in zip(levels, shapes, strict=True)
+        ]
         lateral = self.adapter_1(features["res2"].float())
         fine = self.layer_1(
             lateral

@@ -36,7 +36,9 @@ SETTINGS = {
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--tasks", nargs="+", default=list(TASKS))
     ap.add_argument("--minutes", type=float, default=4.0, help="training budget per task")
     ap.add_argument("--iters", type=int, default=900, help="poly-schedule length (steps)")

@@ -24,7 +24,10 @@ def _randomised(model):
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.dtype.is_floating_point:
-                t.copy_(torch.randn(t.shape, generator=g) * 0.05 + (1.0 if name.endswith("running_var") else 0.0))
+                t.copy_(
+                    torch.randn(t.shape, generator=g) * 0.05
+                    + (1.0 if name.endswith("running_var") else 0.0)
+                )
                 if name.endswith("running_var"):
                     t.abs_()
     return model
@@ -62,7 +65,10 @@ def test_load_names_every_missing_and_unexpected_key(tmp_path, tiny_no_clip_conf
     from safetensors.torch import save_file
 
     save_file(state, str(tmp_path / "ckpt" / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"1 missing \['backbone.cls_token'\].*1 unexpected \['backbone.bogus'\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"1 missing \['backbone.cls_token'\].*1 unexpected \['backbone.bogus'\]",
+    ):
         load_checkpoint(tmp_path / "ckpt")
 
 
@@ -78,15 +84,31 @@ def _official_file(tmp_path, model):
 def test_official_import_puts_every_tensor_where_it_belongs(tmp_path, tiny_config):
     source = _randomised(build_focus(tiny_config)).eval()
     path = _official_file(tmp_path, source)
-    assert focus_main(["import-official", "--weights", str(path), "--task", "cod", "--preset", "tiny",
-                       "--out", str(tmp_path / "imported")]) == 0
+    assert (
+        focus_main(
+            [
+                "import-official",
+                "--weights",
+                str(path),
+                "--task",
+                "cod",
+                "--preset",
+                "tiny",
+                "--out",
+                str(tmp_path / "imported"),
+            ]
+        )
+        == 0
+    )
     imported, card = load_checkpoint(tmp_path / "imported")
     assert card.task == "camouflage" and card.provenance["imported_from"] == "model_final.pth"
     src_state, dst_state = source.state_dict(), imported.state_dict()
     assert set(src_state) == set(dst_state)
     assert all(torch.equal(src_state[k], dst_state[k]) for k in src_state)
     with torch.no_grad():
-        assert all(torch.equal(a, b) for a, b in zip(source(*_inputs()), imported(*_inputs()), strict=True))
+        assert all(
+            torch.equal(a, b) for a, b in zip(source(*_inputs()), imported(*_inputs()), strict=True)
+        )
 
 
 def test_official_import_is_strict_and_lists_the_keys(tmp_path, tiny_config, capsys):
@@ -99,13 +121,27 @@ def test_official_import_is_strict_and_lists_the_keys(tmp_path, tiny_config, cap
     with pytest.raises(CheckpointError, match="class_embed.bias.*unexpected.*predictor.extra"):
         import_official(path, "cod", "tiny", tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    rc = focus_main(["import-official", "--weights", str(path), "--task", "cod", "--preset", "tiny", "--out", str(tmp_path / "o")])
+    rc = focus_main(
+        [
+            "import-official",
+            "--weights",
+            str(path),
+            "--task",
+            "cod",
+            "--preset",
+            "tiny",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 1 and "class_embed.bias" in capsys.readouterr().err
 
 
 def test_official_import_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.pth"
-    torch.save({"model": {"a": torch.zeros(1)}, "cfg": ModelCard}, path)  # a class: needs unpickling
+    torch.save(
+        {"model": {"a": torch.zeros(1)}, "cfg": ModelCard}, path
+    )  # a class: needs unpickling
     with pytest.raises(CheckpointError, match="weights_only"):
         import_official(path, "cod", "tiny", tmp_path / "out")
 

@@ -40,7 +40,7 @@ def test_eval_is_deterministic_and_batch_independent(tiny_model):
 def test_edges_and_image_both_change_the_output(tiny_model):
     """Catches a dead edge branch or a disconnected ViT."""
     with torch.no_grad():
-        for n, m in tiny_model.named_modules():
+        for _n, m in tiny_model.named_modules():
             if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial BN statistics
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
@@ -76,8 +76,11 @@ def test_training_step_reaches_every_trainable_parameter(tiny_config):
     # in the reference (its pooled mask is always 1) and non_object_embedding is never used.
     exempt = ("clip_refiner.",)
     dead = [
-        n for n, p in model.named_parameters()
-        if p.requires_grad and not n.split("predictor.")[-1].startswith(exempt) and (p.grad is None or p.grad.abs().sum() == 0)
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad
+        and not n.split("predictor.")[-1].startswith(exempt)
+        and (p.grad is None or p.grad.abs().sum() == 0)
     ]
     assert dead == [], dead
 
@@ -104,7 +107,11 @@ def test_presets_that_fit_in_memory_run(preset):
 def test_every_preset_builds_with_its_documented_size(preset):
     with torch.device("meta"):
         model = build_focus(get_preset(preset))
-    inference = sum(p.numel() for n, p in model.named_parameters() if "clip_refiner" not in n and "_embed." not in n[-30:])
+    inference = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if "clip_refiner" not in n and "_embed." not in n[-30:]
+    )
     assert inference > 0
     if preset == "tiny":
         # demo models ship as fp16 ONNX of at most ~10 MB

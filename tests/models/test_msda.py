@@ -34,7 +34,9 @@ def _slow_core(value, shapes, locations, weights):
                     img = value[b, starts[lvl] : starts[lvl + 1], head].T.reshape(d, h, w)
                     for p in range(points):
                         x, y = locations[b, q, head, lvl, p].tolist()
-                        out[b, q, head] += weights[b, q, head, lvl, p].double() * _bilinear_zero_pad(img, x, y)
+                        out[b, q, head] += weights[
+                            b, q, head, lvl, p
+                        ].double() * _bilinear_zero_pad(img, x, y)
     return out.reshape(n, lq, m * d)
 
 
@@ -74,5 +76,10 @@ def test_value_ratio_narrows_the_value_projection():
     assert attn.value_proj.weight.shape == (32, 64)
     assert attn.output_proj.weight.shape == (64, 32)
     shapes = [(4, 4), (2, 2), (1, 1)]
-    out = attn(torch.randn(2, 9, 64), reference_points([(3, 3)], torch.device("cpu")), torch.randn(2, 21, 64), shapes)
+    out = attn(
+        torch.randn(2, 9, 64),
+        reference_points([(3, 3)], torch.device("cpu")),
+        torch.randn(2, 21, 64),
+        shapes,
+    )
     assert out.shape == (2, 9, 64)

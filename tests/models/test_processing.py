@@ -15,7 +15,12 @@ def _rgb(h, w, seed=0):
 
 @pytest.mark.parametrize(
     ("hw", "expected"),
-    [((480, 640), (512, 683)), ((512, 512), (512, 512)), ((100, 1000), (205, 2048)), ((4000, 300), (2048, 154))],
+    [
+        ((480, 640), (512, 683)),
+        ((512, 512), (512, 512)),
+        ((100, 1000), (205, 2048)),
+        ((4000, 300), (2048, 154)),
+    ],
 )
 def test_resized_size_follows_the_reference_rounding(hw, expected):
     assert P.resized_size(*hw, 512, 2048) == expected
@@ -27,7 +32,9 @@ def test_normalise_pad_and_edge_map_match_the_reference_torch_ops():
     resized = P.resize_image(rgb, 128, 1024)
     # reference: torch float32 normalisation then zero padding to 32
     x = torch.from_numpy(resized.astype(np.float32).transpose(2, 0, 1))
-    x = (x - torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)) / torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    x = (x - torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)) / torch.tensor(
+        [58.395, 57.12, 57.375]
+    ).view(3, 1, 1)
     padded = torch.zeros(3, 128, 224)
     padded[:, : x.shape[1], : x.shape[2]] = x
     assert prepared.padded_size == (128, 224) and prepared.resized_size == (128, 213)
@@ -36,7 +43,9 @@ def test_normalise_pad_and_edge_map_match_the_reference_torch_ops():
     u8 = padded.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
     img = cv2.GaussianBlur(cv2.cvtColor(u8, cv2.COLOR_RGB2BGR), (5, 5), 1.4)
     edges = np.stack([cv2.Canny(img[:, :, c], 100, 200) for c in range(3)], -1)
-    ref = torch.from_numpy((cv2.addWeighted(img, 0.7, edges, 0.3, 0) / 255.0).transpose(2, 0, 1).copy()).float()
+    ref = torch.from_numpy(
+        (cv2.addWeighted(img, 0.7, edges, 0.3, 0) / 255.0).transpose(2, 0, 1).copy()
+    ).float()
     np.testing.assert_array_equal(prepared.edges, ref.numpy())
 
 
@@ -48,7 +57,9 @@ def test_soft_mask_matches_torch_interpolation_path(original):
     logits = (rng.normal(size=(2, hp // 4, wp // 4)) * 4).astype(np.float32)
     probs = rng.dirichlet([1, 1, 1], size=2)[:, :2].astype(np.float32)
     soft, _ = P.postprocess(probs, logits, p.padded_size, p.resized_size, p.original_size)
-    m = F.interpolate(torch.from_numpy(logits)[None], size=(hp, wp), mode="bilinear", align_corners=False)[0]
+    m = F.interpolate(
+        torch.from_numpy(logits)[None], size=(hp, wp), mode="bilinear", align_corners=False
+    )[0]
     m = m[:, : p.resized_size[0], : p.resized_size[1]]
     m = F.interpolate(m[None], size=original, mode="bilinear", align_corners=False)[0]
     ref = torch.einsum("q,qhw->hw", torch.from_numpy(probs[:, 0]), m.sigmoid()).numpy()

@@ -35,7 +35,9 @@ def test_state_dict_names_and_shapes_equal_the_reference(preset):
     missing = sorted(set(expected) - set(ours))
     extra = sorted(set(ours) - set(expected))
     mismatched = sorted(
-        f"{k}: ours {ours[k]} vs reference {expected[k]}" for k in set(ours) & set(expected) if ours[k] != expected[k]
+        f"{k}: ours {ours[k]} vs reference {expected[k]}"
+        for k in set(ours) & set(expected)
+        if ours[k] != expected[k]
     )
     if missing or extra or mismatched:
         print("missing:", missing, "\nextra:", extra, "\nmismatched:", mismatched)
