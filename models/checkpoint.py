@@ -37,6 +37,13 @@ def save_checkpoint(model: nn.Module, card: ModelCard, directory: str | Path) ->
         card.save(tmp)
         with open(tmp / WEIGHTS, "rb") as f:
             os.fsync(f.fileno())
+        # mkdtemp creates 0700; give the checkpoint the permissions of an ordinary directory
+        # (umask applies) so a service running as another user can read it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for path in tmp.iterdir():
+            os.chmod(path, 0o666 & ~umask)
         backup = None
         if target.exists():
             backup = target.with_name(f".{target.name}.old")

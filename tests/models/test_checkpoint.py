@@ -1,6 +1,7 @@
 """Checkpoint directory round trip and the official (detectron2) import."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -54,6 +55,8 @@ def test_save_replaces_an_existing_checkpoint_atomically(tmp_path, tiny_no_clip_
     save_checkpoint(build_focus(tiny_no_clip_config), card, target)
     assert sorted(p.name for p in target.iterdir()) == ["focus.json", "model.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary leftovers
+    assert target.stat().st_mode & 0o055 == 0o055 or os.umask(os.umask(0)) & 0o055
+    assert (target / "model.safetensors").stat().st_mode & 0o044 or os.umask(os.umask(0)) & 0o044
 
 
 def test_load_names_every_missing_and_unexpected_key(tmp_path, tiny_no_clip_config):
