@@ -4,7 +4,7 @@
 
 For each task: ``focus data synth`` writes a training split (seed 0) and a held-out split
 (seed 1); ``focus pipeline`` trains the ``tiny`` preset for a wall-clock budget with the
-CPU-friendly settings of ``benchmarks/train_synthetic.py`` (input short side 128, lr 1e-3 with
+CPU-friendly settings ``training.config.TINY_CPU`` (input short side 128, lr 1e-3 with
 the backbone at the full rate, grad clip 1.0, drop-path 0.1, 1024 loss points), evaluates on the
 held-out split, exports ONNX with the PyTorch parity check and publishes
 ``model_repository/<task>/{focus.json, model.onnx, pipeline.json}``. These models have only ever
@@ -23,16 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from export.pipeline import PipelineConfig, run_pipeline  # noqa: E402
 from models.tasks import TASKS  # noqa: E402
+from training.config import TINY_CPU  # noqa: E402
 from training.synth import write_dataset  # noqa: E402
-
-SETTINGS = {
-    "input_short_side": 128,
-    "lr": 1e-3,
-    "backbone_multiplier": 1.0,
-    "clip_grad": 1.0,
-    "drop_path": 0.1,
-    "threads": 1,
-}
 
 
 def main() -> int:
@@ -58,14 +50,14 @@ def main() -> int:
             data=(str(train_dir),),
             eval_data=(str(eval_dir),),
             out=args.out,
-            preset="tiny",
+            preset=TINY_CPU["preset"],
             iters=args.iters,
-            batch_size=8,
-            num_points=1024,
-            workers=1,
+            batch_size=TINY_CPU["batch_size"],
+            num_points=TINY_CPU["num_points"],
+            workers=TINY_CPU["workers"],
             tensorrt="off",
             work=work / task / "pipeline",
-            train_options={**SETTINGS, "max_seconds": args.minutes * 60, "progress": False},
+            train_options={**TINY_CPU, "max_seconds": args.minutes * 60, "progress": False},
         )
         try:
             run_pipeline(config, echo=print)
