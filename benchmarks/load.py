@@ -198,9 +198,9 @@ def raw_backend_throughput(
     repository: Path, task: str, image: bytes, batch: int, duration_s: float, threads: int
 ) -> float:
     """Images/s of the backend alone on pre-processed batches of ``batch`` copies of ``image``."""
+    from models.repository import scan_repository
     from service.backends.factory import create_backend
     from service.pipeline import limit_library_threads, prepare
-    from service.repository import scan_repository
 
     limit_library_threads()
     entry = scan_repository(repository)[task]

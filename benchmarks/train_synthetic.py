@@ -49,12 +49,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.checkpoint import load_checkpoint  # noqa: E402
+from models.synth import write_dataset  # noqa: E402
 from models.tasks import canonical_task  # noqa: E402
 from training.config import TINY_CPU, TrainConfig, tiny_cpu_config  # noqa: E402
 from training.datasets import pair_folders  # noqa: E402
 from training.evaluate import evaluate_pairs, torch_predictor  # noqa: E402
 from training.loop import train  # noqa: E402
-from training.synth import write_dataset  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Training on synthetic data"

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from models.contract import CARD_FILE
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
@@ -80,7 +82,7 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    if not (args.checkpoint / "focus.json").is_file():
+    if not (args.checkpoint / CARD_FILE).is_file():
         print(
             f"error: {args.checkpoint} is not a checkpoint directory (no focus.json)",
             file=sys.stderr,

@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from models.config import ModelCard
+from models.contract import METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAMES = ("image", "edges")
-OUTPUT_NAMES = ("class_probs", "mask_logits")
-METADATA_KEY = "focus.json"
 # Prefixes of the training-only modules' parameters (DESIGN "The model", STYLE 7).
 TRAINING_ONLY_MARKERS = ("clip_refiner", "text_embed", "image_embed")
 

@@ -26,9 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from export.graph import (
-    INPUT_NAMES,
-    METADATA_KEY,
-    OUTPUT_NAMES,
     read_card,
     set_card,
     simplify,
@@ -36,13 +33,21 @@ from export.graph import (
     training_only_initializers,
 )
 from models.config import ModelCard
+from models.contract import (
+    CARD_FILE,
+    INPUT_NAMES,
+    MAX_EXPORT_BATCH,
+    MAX_INPUT_SIDE,
+    METADATA_KEY,
+    MIN_INPUT_SIDE,
+    OUTPUT_NAMES,
+    SIZE_DIVISOR,
+    external_data_file,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "INPUT_NAMES",
-    "OUTPUT_NAMES",
-    "METADATA_KEY",
     "OnnxWrapper",
     "dummy_inputs",
     "export_onnx",
@@ -82,10 +87,11 @@ def trace(model: nn.Module, card: ModelCard, opset: int = 18) -> Any:
         raise ValueError(f"opset {opset} < 17: LayerNormalization and TensorRT need >= 17")
     wrapper = OnnxWrapper(model).float().cpu().eval()
     inputs = dummy_inputs(card)
-    batch = torch.export.Dim("batch", min=1, max=64)
-    h32 = torch.export.Dim("h32", min=2, max=256)
-    w32 = torch.export.Dim("w32", min=2, max=256)
-    spatial = {0: batch, 2: 32 * h32, 3: 32 * w32}
+    batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
+    cells = {"min": MIN_INPUT_SIDE // SIZE_DIVISOR, "max": MAX_INPUT_SIDE // SIZE_DIVISOR}
+    h32 = torch.export.Dim("h32", **cells)
+    w32 = torch.export.Dim("w32", **cells)
+    spatial = {0: batch, 2: SIZE_DIVISOR * h32, 3: SIZE_DIVISOR * w32}
     with torch.no_grad():
         program = torch.onnx.export(
             wrapper,
@@ -111,7 +117,7 @@ def _save(model: Any, card: ModelCard, out_path: Path) -> Path:
     model.metadata_props[METADATA_KEY] = card.to_json()
     weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
-    data_name = f"{out_path.name}.data"
+    data_name = external_data_file(out_path.name)
     if weights > EXTERNAL_DATA_BYTES:
         ir.save(model, tmp, external_data=data_name)
         onnx.checker.check_model(str(tmp), full_check=False)
@@ -227,7 +233,7 @@ def export_checkpoint(
         staging.unlink(missing_ok=True)
     card.save(out_path.parent)
     size = out_path.stat().st_size
-    logger.info("wrote %s (%.1f MB) and %s", out_path, size / 1e6, out_path.parent / "focus.json")
+    logger.info("wrote %s (%.1f MB) and %s", out_path, size / 1e6, out_path.parent / CARD_FILE)
     return {
         "onnx": str(out_path),
         "bytes": size,

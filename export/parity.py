@@ -5,22 +5,23 @@ pre-processing (``models.processing.preprocess_with_card``), through a *referenc
 (PyTorch for an ONNX export, ONNX Runtime for a TensorRT engine) and a *candidate* predictor, and
 through the shared post-processing; the soft and binary masks at the original image size are
 compared. Images are random noise, smooth random fields and synthetic task scenes
-(``training.synth``), at two aspect ratios (landscape and portrait), run one by one (batch 1)
+(``models.synth``), at two aspect ratios (landscape and portrait), run one by one (batch 1)
 and as a batch of 4 of the same padded shape.
 
 Tolerances (issue 5): fp32 soft-mask max |diff| <= 1e-4; fp16/bf16 soft-mask mean |diff| <= 1e-2
 and IoU of the binary masks >= 0.99. :func:`check_parity` raises :class:`ParityError` carrying
 the measured numbers when a tolerance is exceeded; it never just prints.
 
-Torch-free: a predictor is any callable ``(image [N,3,H,W], edges [N,3,H,W]) -> (class_probs
-[N,2,2], mask_logits [N,2,H/4,W/4])`` on float32 numpy arrays; :func:`torch_predictor` imports
-torch only when called.
+Torch-free: a predictor is any :class:`models.contract.Predictor` (``infer(image, edges) ->
+(class_probs, mask_logits)`` on float32 numpy arrays): ``models.predict.TorchPredictor`` for
+PyTorch, ``models.runtime.onnxruntime.OnnxRuntimePredictor`` (the session the service runs) for
+ONNX Runtime; :func:`torch_predictor` imports torch only when called.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,11 @@ import cv2
 import numpy as np
 
 from models.config import ModelCard
+from models.contract import Predictor
 from models.processing import postprocess, preprocess_with_card
+from models.synth import sample
 
 logger = logging.getLogger(__name__)
-
-Predictor = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 # (height, width) of the original test images: one landscape, one portrait, neither a multiple
 # of 32 after resizing, so padding and the crop in the post-processing are exercised.
@@ -138,8 +139,6 @@ def parity_images(
 
     All images of one size share their padded shape, so they form one batch of ``BATCH``.
     """
-    from training.synth import sample  # torch-free (numpy + OpenCV)
-
     groups = []
     for k, (h, w) in enumerate(sizes):
         rng = np.random.default_rng([seed, k])
@@ -165,7 +164,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def _run(predict: Predictor, prepared: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     image = np.stack([p.image for p in prepared]).astype(np.float32)
     edges = np.stack([p.edges for p in prepared]).astype(np.float32)
-    probs, logits = predict(image, edges)
+    probs, logits = predict.infer(image, edges)
     return np.asarray(probs, np.float32), np.asarray(logits, np.float32)
 
 
@@ -249,37 +248,16 @@ def check_parity(
 
 
 def torch_predictor(model: Any, device: str = "cpu") -> Predictor:
-    """Wrap an eval-mode FOCUS ``nn.Module`` (imports torch only here)."""
-    import torch
+    """An eval-mode FOCUS ``nn.Module`` as a predictor (imports torch only here)."""
+    from models.predict import TorchPredictor
 
-    model = model.to(device).eval()
-
-    def predict(image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.no_grad():
-            probs, logits = model(
-                torch.from_numpy(image).to(device), torch.from_numpy(edges).to(device)
-            )
-        return probs.float().cpu().numpy(), logits.float().cpu().numpy()
-
-    return predict
+    return TorchPredictor(model, device)
 
 
-def onnxruntime_predictor(
-    path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 0
-) -> Predictor:
-    """An ONNX Runtime session on ``path`` with full graph optimisation."""
-    import onnxruntime as ort
+def onnxruntime_predictor(path: str | Path, device: str = "cpu", threads: int = 0) -> Predictor:
+    """The service's ONNX Runtime session on ``path`` (full graph optimisation)."""
+    from models.runtime.onnxruntime import OnnxRuntimePredictor
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads > 0:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
-
-    def predict(image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probs, logits = session.run(
-            ["class_probs", "mask_logits"], {"image": image, "edges": edges}
-        )
-        return probs, logits
-
-    return predict
+    return OnnxRuntimePredictor(
+        path, device=device, require_gpu=device == "cuda", intra_op_threads=threads
+    )

@@ -11,9 +11,10 @@ Stages, each printed with its outcome as it ends:
 3. **onnx** -- ``export.onnx.export_checkpoint``: fp32 graph + parity against PyTorch;
 4. **tensorrt** -- ``export.tensorrt.build_engine`` (fp16) + parity against ONNX Runtime, only
    where TensorRT and a CUDA device are present (otherwise: skipped, with the reason);
-5. **publish** -- ``REPO/<task>/{focus.json, model.onnx}`` (+ ``model.engine``/``.json``, and
-   ``model.safetensors`` with ``--with-weights``) and ``pipeline.json`` (what each stage
-   measured), replacing an older entry only once everything passed.
+5. **publish** -- a new version ``REPO/<task>/<N>/{focus.json, model.onnx}`` (+
+   ``model.engine``/``.json``, and ``model.safetensors`` with ``--with-weights``) and
+   ``pipeline.json`` (what each stage measured), through ``models.repository.publish_version``
+   once everything passed; older versions stay where they are.
 
 A stage that fails stops the pipeline with a non-zero exit and leaves ``REPO`` untouched.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -30,6 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from models.contract import ENGINE_FILE, ONNX_FILE, PIPELINE_REPORT_FILE, WEIGHTS_FILE
+from models.repository import publish_version
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +211,7 @@ def _fmt(key: str, value: Any) -> str:
 def _onnx(state: dict[str, Any], staging: Path) -> tuple[str, dict[str, Any]]:
     from export.onnx import export_checkpoint
 
-    result = export_checkpoint(state["checkpoint"], staging / "model.onnx")
+    result = export_checkpoint(state["checkpoint"], staging / ONNX_FILE)
     p = result["parity"]["fp32"]
     text = (
         f"{result['bytes'] / 1e6:.1f} MB; parity vs PyTorch: soft max |diff| "
@@ -235,9 +238,9 @@ def _tensorrt(config: PipelineConfig, staging: Path) -> tuple[str, dict[str, Any
         if config.tensorrt == "on":
             raise
         raise _Skip(str(exc).split(";")[0]) from None
-    engine = staging / "model.engine"
-    info = build_engine(staging / "model.onnx", engine, precision=config.trt_precision)
-    report = check_engine_parity(staging / "model.onnx", engine, config.trt_precision)
+    engine = staging / ENGINE_FILE
+    info = build_engine(staging / ONNX_FILE, engine, precision=config.trt_precision)
+    report = check_engine_parity(staging / ONNX_FILE, engine, config.trt_precision)
     text = (
         f"{config.trt_precision} engine for {info.gpu_name} (TensorRT {info.tensorrt_version}); "
         f"parity vs ONNX Runtime: mean |diff| {report.soft_mean_abs:.2g}, IoU {report.min_iou:.4f}"
@@ -249,18 +252,11 @@ def _publish(
     config: PipelineConfig, task: str, state: dict[str, Any], staging: Path, report: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
     if config.with_weights:
-        shutil.copyfile(
-            Path(state["checkpoint"]) / "model.safetensors", staging / "model.safetensors"
-        )
+        shutil.copyfile(Path(state["checkpoint"]) / WEIGHTS_FILE, staging / WEIGHTS_FILE)
     (staging / "timing.cache").unlink(missing_ok=True)
-    (staging / "pipeline.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    target = Path(config.out) / task
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = target.with_name(f".{task}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    shutil.copytree(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+    text = json.dumps(report, indent=2) + "\n"
+    (staging / PIPELINE_REPORT_FILE).write_text(text, encoding="utf-8")
+    entry = publish_version(config.out, staging, task=task)
+    target = entry.directory
     files = sorted(p.name for p in target.iterdir())
-    return f"{target}: {', '.join(files)}", {"entry": str(target)}
+    return f"{target}: {', '.join(files)}", {"entry": str(target), "version": entry.version}

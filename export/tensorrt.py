@@ -28,7 +28,6 @@ TensorRT sizes the activation memory for the profile's max shape).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -38,18 +37,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.graph import INPUT_NAMES, METADATA_KEY
 from models.config import ModelCard
+from models.contract import (
+    CARD_FILE,
+    INPUT_NAMES,
+    METADATA_KEY,
+    MIN_INPUT_SIDE,
+    BackendUnavailableError,
+    EngineSidecar,
+    write_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 MIN_OPSET = 17
-MIN_SIDE = 64  # export.onnx declares H, W = 32 * k with k >= 2
-INSTALL_HINT = (
-    "install the TensorRT extra (pip install '.[tensorrt]': tensorrt and cuda-python) on a "
-    "machine with an NVIDIA GPU and driver"
-)
+MIN_SIDE = MIN_INPUT_SIDE
 
 # ONNX operators TensorRT 10 imports (onnx-tensorrt docs/operators.md, "Supported: Y", TensorRT
 # 10.0, opsets 9..20). Restrictions that matter for FOCUS are checked in `graph_problems`.
@@ -165,7 +168,7 @@ def check_graph(onnx_path: str | Path) -> None:
 def load_card(onnx_path: str | Path) -> ModelCard:
     """``focus.json`` beside the graph, else the one in its metadata (read with ONNX Runtime)."""
     onnx_path = Path(onnx_path)
-    beside = onnx_path.parent / "focus.json"
+    beside = onnx_path.parent / CARD_FILE
     if beside.is_file():
         return ModelCard.load(beside)
     import onnxruntime as ort
@@ -255,19 +258,17 @@ def parse_shapes(text: str) -> dict[str, tuple[int, int]]:
 
 
 def import_tensorrt() -> Any:
+    from models.runtime.tensorrt import import_tensorrt as _import
+
     try:
-        import tensorrt
-    except ImportError as exc:
-        raise TensorRTUnavailableError(
-            f"TensorRT is not available ({exc}); {INSTALL_HINT}"
-        ) from exc
-    return tensorrt
+        return _import()
+    except BackendUnavailableError as exc:
+        raise TensorRTUnavailableError(str(exc)) from exc
 
 
 def cuda_device_name(device_index: int = 0) -> str:
     """The CUDA device's name exactly as the service reads it (cuda-python's cudart)."""
-    from service.backends.base import BackendUnavailableError
-    from service.backends.tensorrt import import_cudart, running_gpu
+    from models.runtime.tensorrt import import_cudart, running_gpu
 
     try:
         return running_gpu(import_cudart(), device_index)
@@ -281,53 +282,12 @@ def cuda_device_name(device_index: int = 0) -> str:
 # ----------------------------------------------------------------------------- the build
 
 
-@dataclass(frozen=True)
-class EngineInfo:
-    """What ``model.engine.json`` records (the service reads the first four keys)."""
-
-    gpu_name: str
-    tensorrt_version: str
-    precision: str
-    max_batch: int
-    profile: Profile
-    onnx: str
-    build_seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "gpu_name": self.gpu_name,
-            "tensorrt_version": self.tensorrt_version,
-            "precision": self.precision,
-            "max_batch": self.max_batch,
-            "profile": {name: self.profile.to_dict() for name in INPUT_NAMES},
-            "onnx": self.onnx,
-            "build_seconds": round(self.build_seconds, 1),
-        }
-
-
-def engine_metadata_path(engine_path: Path) -> Path:
-    """``model.engine`` -> ``model.engine.json`` (as ``service.backends.tensorrt``)."""
-    return engine_path.with_name(engine_path.name + ".json")
-
-
 def default_timing_cache(engine_path: Path) -> Path:
     """Shared by every build on this machine when ``FOCUS_ENGINE_CACHE`` is set, else beside."""
     cache_dir = os.environ.get("FOCUS_ENGINE_CACHE")
     if cache_dir:
         return Path(cache_dir) / "timing.cache"
     return engine_path.with_name("timing.cache")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Logger:
@@ -380,8 +340,8 @@ def build_engine(
     shapes: dict[str, tuple[int, int]] | None = None,
     timing_cache: str | Path | None = None,
     device_index: int = 0,
-) -> EngineInfo:
-    """Build ``engine_path`` (and ``engine_path``.json) from ``onnx_path``; see the module doc."""
+) -> EngineSidecar:
+    """Build ``engine_path`` (and its sidecar) from ``onnx_path``; see the module doc."""
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -453,20 +413,18 @@ def build_engine(
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise EngineBuildError(f"TensorRT failed to build an engine from {onnx_path} (see log)")
-        _atomic_write(engine_path, bytes(serialized))
-        _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
-    info = EngineInfo(
+        write_atomic(engine_path, bytes(serialized))
+        write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    info = EngineSidecar(
         gpu_name=gpu_name,
         tensorrt_version=str(trt.__version__),
         precision=precision,
         max_batch=max_batch,
-        profile=profile,
-        onnx=str(onnx_path),
+        profile={name: profile.to_dict() for name in INPUT_NAMES},
+        onnx=onnx_path.name,
         build_seconds=time.perf_counter() - start,
     )
-    _atomic_write(
-        engine_metadata_path(engine_path), (json.dumps(info.to_dict(), indent=2) + "\n").encode()
-    )
+    info.save(engine_path)
     logger.info(
         "wrote %s (%.1f MB) in %.0f s",
         engine_path,
@@ -476,19 +434,19 @@ def build_engine(
     return info
 
 
-def engine_predictor(engine_path: str | Path, card: ModelCard) -> Any:
-    """Run an engine through the service's TensorRT backend (the code that will serve it)."""
-    from service.backends.tensorrt import TensorRTBackend
+def engine_predictor(engine_path: str | Path) -> Any:
+    """The engine through ``models.runtime.tensorrt`` (the runner the service uses)."""
+    from models.runtime.tensorrt import TensorRTPredictor
 
-    backend = TensorRTBackend([Path(engine_path)], card)
-    return backend.infer
+    return TensorRTPredictor([Path(engine_path)])
 
 
 def check_engine_parity(
     onnx_path: str | Path, engine_path: str | Path, precision: str, card: ModelCard | None = None
 ) -> Any:
     """Masks of the engine vs ONNX Runtime (CPU) on the parity images; raises ParityError."""
-    from export.parity import check_parity, onnxruntime_predictor, parity_images, tolerance_for
+    from export.parity import check_parity, parity_images, tolerance_for
+    from models.runtime.onnxruntime import OnnxRuntimePredictor
 
     card = card if card is not None else load_card(onnx_path)
     tol = tolerance_for(precision)
@@ -499,8 +457,8 @@ def check_engine_parity(
     if not groups:
         raise ValueError(f"none of the parity images fit the engine profile {profile}")
     return check_parity(
-        onnxruntime_predictor(onnx_path),
-        engine_predictor(engine_path, card),
+        OnnxRuntimePredictor(onnx_path),
+        engine_predictor(engine_path),
         card,
         tol,
         groups,
@@ -510,9 +468,9 @@ def check_engine_parity(
 
 def _read_profile(engine_path: Path) -> Profile | None:
     try:
-        data = json.loads(engine_metadata_path(engine_path).read_text())["profile"][INPUT_NAMES[0]]
-        return Profile(tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]))  # type: ignore[arg-type]
-    except (OSError, KeyError, ValueError):
+        shapes = EngineSidecar.load(engine_path).profile[INPUT_NAMES[0]]
+        return Profile(*(tuple(shapes[k]) for k in ("min", "opt", "max")))  # type: ignore[arg-type]
+    except (ValueError, KeyError):
         return None
 
 

@@ -17,20 +17,27 @@ only runs under a Triton release built with the same TensorRT version, on the sa
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from models.config import ModelCard
-from models.tasks import UnknownTaskError, canonical_task
+from models.contract import (
+    CARD_FILE,
+    ENGINE_FILE,
+    ONNX_FILE,
+    EngineSidecar,
+    SidecarError,
+    engine_sidecar_path,
+)
+from models.repository import scan_repository
 
 logger = logging.getLogger(__name__)
 
 PLATFORMS = {
-    "onnxruntime_onnx": ("model.onnx", "model.onnx"),
-    "tensorrt_plan": ("model.engine", "model.plan"),
+    "onnxruntime_onnx": (ONNX_FILE, "model.onnx"),
+    "tensorrt_plan": (ENGINE_FILE, "model.plan"),
 }
 KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
 
@@ -119,15 +126,15 @@ def config_pbtxt(name: str, card: ModelCard, options: TritonOptions, max_batch: 
 
 
 def _engine_max_batch(engine: Path) -> int:
-    meta = engine.with_name(engine.name + ".json")
-    try:
-        return int(json.loads(meta.read_text(encoding="utf-8"))["max_batch"])
-    except FileNotFoundError:
+    sidecar = engine_sidecar_path(engine)
+    if not sidecar.is_file():
         raise ValueError(
-            f"{engine}: no {meta.name} beside it (rebuild with `focus export tensorrt`)"
-        ) from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{meta}: invalid engine metadata ({exc})") from None
+            f"{engine}: no {sidecar.name} beside it (rebuild with `focus export tensorrt`)"
+        )
+    try:
+        return EngineSidecar.load(engine).max_batch
+    except SidecarError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def write_triton_repository(
@@ -143,18 +150,12 @@ def write_triton_repository(
     artefact, target_name = PLATFORMS[options.platform]
     written = []
     skipped = []
-    for directory in sorted(p for p in source.iterdir() if p.is_dir()):
-        try:
-            task = canonical_task(directory.name)
-        except UnknownTaskError:
+    for task, entry in scan_repository(source).items():
+        model_file = entry.path(artefact)
+        if not entry.has(artefact):
+            skipped.append(f"{task} (no {artefact})")
             continue
-        model_file = directory / artefact
-        if not (directory / "focus.json").is_file() or not model_file.is_file():
-            skipped.append(f"{directory.name} (no focus.json or {artefact})")
-            continue
-        card = ModelCard.load(directory)
-        if canonical_task(card.task) != task:
-            raise ValueError(f"{directory}/focus.json is for task {card.task!r}, not {task!r}")
+        card = entry.card
         if options.platform == "tensorrt_plan":
             engine_batch = _engine_max_batch(model_file)
             if options.max_batch is not None and options.max_batch > engine_batch:
@@ -166,9 +167,10 @@ def write_triton_repository(
         else:
             max_batch = options.max_batch or 8
         model_dir = out / task
-        (model_dir / "1").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(model_file, model_dir / "1" / target_name)
-        shutil.copyfile(directory / "focus.json", model_dir / "focus.json")
+        version_dir = model_dir / str(entry.version)
+        version_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model_file, version_dir / target_name)
+        shutil.copyfile(entry.path(CARD_FILE), model_dir / CARD_FILE)
         (model_dir / "config.pbtxt").write_text(
             config_pbtxt(task, card, options, max_batch), encoding="utf-8"
         )

@@ -18,8 +18,9 @@ from torch import nn
 
 from models.build import build_focus
 from models.config import ModelCard
+from models.contract import WEIGHTS_FILE
 
-WEIGHTS = "model.safetensors"
+WEIGHTS = WEIGHTS_FILE
 
 
 class CheckpointError(RuntimeError):

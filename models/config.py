@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from models.contract import CARD_FILE
+
+SCHEMA_VERSION = 2  # 2: input geometry only under "input" (1 repeated it in "config")
+READABLE_SCHEMAS = (1, 2)
+# FocusConfig fields that focus.json keeps under "input" (with their key there), not "config".
+_GEOMETRY_KEYS = {
+    "input_short_side": "short_side",
+    "input_max_size": "max_size",
+    "size_divisibility": "size_divisibility",
+}
 
 # ImageNet statistics on the 0..255 scale, as in the reference configs (RGB order).
 PIXEL_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
@@ -200,7 +209,7 @@ def get_preset(name: str) -> FocusConfig:
 
 @dataclass(frozen=True)
 class ModelCard:
-    """The ``focus.json`` beside every checkpoint, ONNX model and engine.
+    """The ``focus.json`` beside every checkpoint, ONNX model and engine (schema 2, reads 1).
 
     Everything a consumer needs to preprocess inputs and interpret outputs, without torch.
     """
@@ -242,7 +251,7 @@ class ModelCard:
                 "channel_order": "RGB",
             },
             "prompts": list(self.prompts),
-            "config": self.config.to_dict(),
+            "config": {k: v for k, v in self.config.to_dict().items() if k not in _GEOMETRY_KEYS},
             "provenance": self.provenance,
         }
 
@@ -251,15 +260,24 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"unsupported focus.json schema_version {version!r}")
+        schema = data.get("schema_version")
+        if schema not in READABLE_SCHEMAS:
+            raise ValueError(
+                f"unsupported focus.json schema_version {schema!r} (this version reads "
+                f"{', '.join(map(str, READABLE_SCHEMAS))})"
+            )
         inp = data["input"]
+        config = dict(data["config"])
+        if schema >= 2:
+            repeated = sorted(set(config) & set(_GEOMETRY_KEYS))
+            if repeated:
+                raise ValueError(f"focus.json repeats {repeated} in 'config'; they live in 'input'")
+            config.update({field: inp[key] for field, key in _GEOMETRY_KEYS.items()})
         return cls(
             task=data["task"],
             preset=data["preset"],
             version=str(data.get("version", "0")),
-            config=FocusConfig.from_dict(data["config"]),
+            config=FocusConfig.from_dict(config),
             pixel_mean=tuple(inp["pixel_mean"]),
             pixel_std=tuple(inp["pixel_std"]),
             prompts=tuple(data.get("prompts", ("", ""))),
@@ -271,7 +289,7 @@ class ModelCard:
         return cls.from_dict(json.loads(text))
 
     def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / "focus.json"
+        path = Path(directory) / CARD_FILE
         path.write_text(self.to_json() + "\n", encoding="utf-8")
         return path
 
@@ -279,7 +297,7 @@ class ModelCard:
     def load(cls, directory_or_file: str | Path) -> ModelCard:
         path = Path(directory_or_file)
         if path.is_dir():
-            path = path / "focus.json"
+            path = path / CARD_FILE
         try:
             return cls.from_json(path.read_text(encoding="utf-8"))
         except (KeyError, TypeError, json.JSONDecodeError) as exc:

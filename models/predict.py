@@ -1,5 +1,9 @@
-"""``predict(model, image)``: one RGB image in, soft and binary masks out, through the shared
-torch-free pre/post-processing."""
+"""The network in PyTorch behind the :class:`models.contract.Predictor` API, and ``predict``:
+one RGB image in, soft and binary masks out, through the shared torch-free pre/post-processing.
+
+:class:`TorchPredictor` is what the service's torch backend, export's parity reference and
+``focus eval`` all run.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,26 @@ import torch
 from torch import nn
 
 from models.config import ModelCard
+from models.contract import check_outputs
 from models.processing import postprocess, preprocess_with_card
+
+
+class TorchPredictor:
+    """An eval-mode FOCUS module on ``device``; numpy in, float32 numpy out."""
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    @torch.inference_mode()
+    def infer(self, image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n, _, h, w = image.shape
+        x = torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.device)
+        e = torch.from_numpy(np.ascontiguousarray(edges, np.float32)).to(self.device)
+        class_probs, mask_logits = self.model(x, e)
+        return check_outputs(
+            class_probs.float().cpu().numpy(), mask_logits.float().cpu().numpy(), n, h, w
+        )
 
 
 @torch.no_grad()

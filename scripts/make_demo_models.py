@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from export.pipeline import PipelineConfig, run_pipeline  # noqa: E402
+from models.synth import write_dataset  # noqa: E402
 from models.tasks import TASKS  # noqa: E402
 from training.config import TINY_CPU  # noqa: E402
-from training.synth import write_dataset  # noqa: E402
 
 
 def main() -> int:

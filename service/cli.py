@@ -154,6 +154,7 @@ def run_segment(args: argparse.Namespace) -> int:
     _configure_logging("warning")
     from tqdm import tqdm
 
+    from models.repository import RepositoryError, scan_repository
     from models.tasks import UnknownTaskError, canonical_task
     from service.backends.factory import create_backend
     from service.imaging import ImageDecodeError, ImageTooLargeError
@@ -165,7 +166,6 @@ def run_segment(args: argparse.Namespace) -> int:
         needs_binary,
         prepare,
     )
-    from service.repository import RepositoryError, scan_repository
     from service.schemas import Timing
 
     try:

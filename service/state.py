@@ -19,6 +19,7 @@ import anyio.to_thread
 import numpy as np
 
 from models.processing import preprocess_with_card
+from models.repository import ModelEntry, scan_repository
 from models.tasks import UnknownTaskError, canonical_task
 from service.backends.base import Backend
 from service.backends.factory import create_backend
@@ -26,7 +27,6 @@ from service.batcher import Batcher
 from service.errors import ErrorCode, ServiceError
 from service.metrics import Metrics
 from service.pipeline import limit_library_threads
-from service.repository import ModelEntry, scan_repository
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)

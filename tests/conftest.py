@@ -31,8 +31,8 @@ PIPELINE_SOURCES = ("models", "training", "export")
 def _source_key() -> str:
     digest = hashlib.sha256()
     for package in PIPELINE_SOURCES:
-        for path in sorted((ROOT / package).glob("*.py")):
-            digest.update(f"{package}/{path.name}".encode())
+        for path in sorted((ROOT / package).rglob("*.py")):
+            digest.update(path.relative_to(ROOT).as_posix().encode())
             digest.update(path.read_bytes())
     for dist in ("torch", "onnx", "onnxscript", "onnxruntime"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
@@ -45,7 +45,7 @@ def _produce(directory: Path) -> None:
         import torch  # noqa: F401
 
         from export.pipeline import PipelineConfig, run_pipeline
-        from training.synth import write_dataset
+        from models.synth import write_dataset
     except ImportError as exc:
         pytest.skip(f"the tiny FOCUS pipeline cannot run here: {exc}")
     data = write_dataset(PIPELINE_TASK, 8, directory / "data", seed=0, size=160)
@@ -95,7 +95,7 @@ def tiny_pipeline(
                 shutil.rmtree(old, ignore_errors=True)
     return TinyPipeline(
         repository=directory / "repo",
-        entry=directory / "repo" / PIPELINE_TASK,
+        entry=directory / "repo" / PIPELINE_TASK / "1",  # the version it published
         data=directory / "data",
         report=json.loads((directory / "report.json").read_text(encoding="utf-8")),
         log=(directory / "pipeline.log").read_text(encoding="utf-8") if fresh else "",

@@ -17,7 +17,7 @@ class TinyPipeline:
     """The published model-repository entry and what the pipeline reported."""
 
     repository: Path  # <repo>, holding PIPELINE_TASK/
-    entry: Path  # <repo>/<task>: focus.json, model.onnx, model.safetensors, pipeline.json
+    entry: Path  # <repo>/<task>/1: focus.json, model.onnx, model.safetensors, pipeline.json
     data: Path  # the synthetic training set (images/, masks/)
     report: dict[str, Any]
     log: str  # the stage lines the pipeline printed (empty when served from the cache)

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from models.contract import CARD_FILE
 from models.tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ def _register_data(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from models.synth import write_dataset
     from models.tasks import UnknownTaskError, canonical_task
-    from training.synth import write_dataset
 
     try:
         task = canonical_task(args.task)
@@ -133,7 +134,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"error: cannot load checkpoints ({exc})", file=sys.stderr)
         return 1
     checkpoint = args.checkpoint
-    if not (checkpoint / "focus.json").is_file() and (checkpoint / "checkpoint").is_dir():
+    if not (checkpoint / CARD_FILE).is_file() and (checkpoint / "checkpoint").is_dir():
         checkpoint = checkpoint / "checkpoint"  # a `focus train` run folder
     try:
         model, card = load_checkpoint(checkpoint)

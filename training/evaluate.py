@@ -8,9 +8,10 @@ results). Two masks are scored against the ground truth (> 128):
 * ``binary``: the reference evaluator's merged binary mask, which the published numbers use;
 * ``soft``: the served soft foreground probability (``sem_seg[0]``), reported beside it.
 
-The predictor is any callable ``(image [1, 3, H, W], edges [1, 3, H, W]) -> (class_probs
-[1, 2, 2], mask_logits [1, 2, H/4, W/4])`` on numpy arrays, so the same loop scores PyTorch,
-ONNX Runtime or TensorRT backends; :func:`torch_predictor` wraps a FOCUS module.
+The predictor is any :class:`models.contract.Predictor` (``infer(image [1, 3, H, W], edges) ->
+(class_probs [1, 2, 2], mask_logits [1, 2, H/4, W/4])`` on numpy arrays), so the same loop
+scores PyTorch, ONNX Runtime, OpenVINO or TensorRT; :func:`torch_predictor` wraps a FOCUS
+module in ``models.predict.TorchPredictor``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from models.config import ModelCard
+from models.contract import Predictor
 from models.processing import postprocess, preprocess_with_card
 from training.datasets import PairList, Problem, read_pair
 from training.metrics import MaskMetrics
@@ -35,23 +35,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Predictor = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
 
 def torch_predictor(model: torch.nn.Module, device: str = "cpu") -> Predictor:
     """Wrap a FOCUS module (eval mode: ``model(image, edges) -> (class_probs, mask_logits)``)."""
-    import torch
+    from models.predict import TorchPredictor
 
-    model = model.to(device).eval()
-
-    @torch.no_grad()
-    def predict(image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
-        e = torch.from_numpy(np.ascontiguousarray(edges)).to(device)
-        probs, logits = model(x, e)
-        return probs.float().cpu().numpy(), logits.float().cpu().numpy()
-
-    return predict
+    return TorchPredictor(model, device)
 
 
 def evaluate_pairs(
@@ -73,7 +62,7 @@ def evaluate_pairs(
             skipped.append(Problem(pair.name, str(exc).split(": ", 1)[-1]))
             continue
         prep = preprocess_with_card(image, card)
-        probs, logits = predict(prep.image[None], prep.edges[None])
+        probs, logits = predict.infer(prep.image[None], prep.edges[None])
         soft, binary = postprocess(
             probs[0], logits[0], prep.padded_size, prep.resized_size, prep.original_size
         )

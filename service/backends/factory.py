@@ -18,8 +18,9 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from models.contract import ENGINE_FILE, ONNX_FILE, WEIGHTS_FILE, engine_cache_path
+from models.repository import ModelEntry
 from service.backends.base import Backend, BackendUnavailableError
-from service.repository import ONNX_FILE, SAFETENSORS_FILE, ModelEntry
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +49,18 @@ def _onnxruntime(entry: ModelEntry, device: str, require_gpu: bool, threads: int
 def _tensorrt(entry: ModelEntry, engine_cache: Path) -> Backend:
     from service.backends.tensorrt import TensorRTBackend, engine_candidates
 
-    candidates = engine_candidates(entry.directory, engine_cache, entry.task)
+    candidates = engine_candidates(entry.directory, engine_cache, entry.task, entry.version)
     if not candidates:
         raise BackendUnavailableError(
-            f"no model.engine for {entry.task} in {entry.directory} or {engine_cache / entry.task}"
+            f"no {ENGINE_FILE} for {entry.task} version {entry.version} in {entry.directory} or "
+            f"{engine_cache_path(engine_cache, entry.task, entry.version).parent}"
         )
     return TensorRTBackend(candidates, entry.card)
 
 
 def _torch(entry: ModelEntry, device: str, require_gpu: bool, threads: int) -> Backend:
-    if not entry.has(SAFETENSORS_FILE):
-        raise BackendUnavailableError(f"{entry.directory}: no {SAFETENSORS_FILE} for torch")
+    if not entry.has(WEIGHTS_FILE):
+        raise BackendUnavailableError(f"{entry.directory}: no {WEIGHTS_FILE} for torch")
     from service.backends.torch_backend import TorchBackend
 
     return TorchBackend(
@@ -92,7 +94,7 @@ def _auto_gpu(
                 reasons.append(f"onnxruntime: {exc}")
         else:
             reasons.append("onnxruntime: no CUDAExecutionProvider")
-    if entry.has(SAFETENSORS_FILE) and _installed("torch"):
+    if entry.has(WEIGHTS_FILE) and _installed("torch"):
         try:
             return _torch(entry, "cuda", True, threads), reasons
         except BackendUnavailableError as exc:
@@ -131,7 +133,7 @@ def create_backend(
         logger.warning("no GPU backend for %s (%s); using the CPU", entry.task, "; ".join(reasons))
     if entry.has(ONNX_FILE):
         return _onnxruntime(entry, "cpu", False, intra_op_threads)
-    if entry.has(SAFETENSORS_FILE):
+    if entry.has(WEIGHTS_FILE):
         return _torch(entry, "cpu", False, intra_op_threads)
     raise BackendUnavailableError(
         f"{entry.directory}: nothing runnable on the CPU (has {', '.join(entry.artefacts)}); "

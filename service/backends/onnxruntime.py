@@ -1,41 +1,28 @@
 """ONNX Runtime backend: CPU, or CUDA through the CUDA execution provider.
 
-With ``device="cuda"`` the CUDA provider is requested; ONNX Runtime silently drops a provider it
-cannot load (missing CUDA/cuDNN libraries), so the providers the session really got are checked
-after creation: with ``require_gpu`` that is a start-up failure, otherwise a logged fallback.
+The session is ``models.runtime.onnxruntime.OnnxRuntimePredictor``, the same one export's parity
+check runs; this adapter adds the model card and checks it against the graph's metadata.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from models.config import ModelCard
-from service.backends.base import (
-    INPUT_NAMES,
-    OUTPUT_NAMES,
-    Backend,
-    BackendUnavailableError,
-    check_outputs,
+from models.runtime.onnxruntime import (
+    CPU_EP,
+    CUDA_EP,
+    OnnxRuntimePredictor,
+    cuda_provider_available,
 )
+from service.backends.base import Backend
+
+__all__ = ["CPU_EP", "CUDA_EP", "OnnxRuntimeBackend", "cuda_provider_available"]
 
 logger = logging.getLogger(__name__)
-
-CUDA_EP = "CUDAExecutionProvider"
-CPU_EP = "CPUExecutionProvider"
-
-
-def cuda_provider_available() -> bool:
-    """Whether this onnxruntime build ships the CUDA provider (onnxruntime-gpu)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return False
-    return CUDA_EP in ort.get_available_providers()
 
 
 class OnnxRuntimeBackend(Backend):
@@ -50,63 +37,18 @@ class OnnxRuntimeBackend(Backend):
         require_gpu: bool = False,
         intra_op_threads: int = 0,
     ) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - a hard dependency of the service
-            raise BackendUnavailableError(f"onnxruntime is not installed ({exc})") from exc
         self.card = card
         self.artefact = Path(path)
-        providers: list[str] = [CPU_EP]
-        if device == "cuda":
-            if CUDA_EP in ort.get_available_providers():
-                providers = [CUDA_EP, CPU_EP]
-            elif require_gpu:
-                raise BackendUnavailableError(
-                    "FOCUS_REQUIRE_GPU=true but this onnxruntime has no CUDAExecutionProvider "
-                    f"(available: {', '.join(ort.get_available_providers())}); install "
-                    "onnxruntime-gpu instead of onnxruntime"
-                )
-            else:
-                logger.warning("CUDAExecutionProvider unavailable; running %s on CPU", path)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads > 0:
-            options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        self.session: Any = ort.InferenceSession(
-            str(path), sess_options=options, providers=providers
+        self.predictor = OnnxRuntimePredictor(
+            path, device=device, require_gpu=require_gpu, intra_op_threads=intra_op_threads
         )
-        active = self.session.get_providers()
-        self.device = "cuda" if CUDA_EP in active else "cpu"
-        if device == "cuda" and self.device != "cuda":
-            message = (
-                f"onnxruntime could not load the CUDA provider for {path} (active: {active}); "
-                "check the CUDA and cuDNN libraries onnxruntime-gpu needs"
-            )
-            if require_gpu:
-                raise BackendUnavailableError(message)
-            logger.warning("%s; running on CPU", message)
-        self._check_signature()
+        self.session = self.predictor.session
+        self.device = self.predictor.device
         self._check_metadata()
 
-    def _check_signature(self) -> None:
-        inputs = tuple(i.name for i in self.session.get_inputs())
-        outputs = tuple(o.name for o in self.session.get_outputs())
-        if sorted(inputs) != sorted(INPUT_NAMES) or not set(OUTPUT_NAMES) <= set(outputs):
-            raise ValueError(
-                f"{self.artefact}: inputs {inputs} / outputs {outputs} do not follow the FOCUS "
-                f"ONNX contract (inputs {INPUT_NAMES}, outputs {OUTPUT_NAMES})"
-            )
-
     def _check_metadata(self) -> None:
-        meta = self.session.get_modelmeta().custom_metadata_map
-        text = meta.get("focus.json")
-        if not text:
-            return
-        try:
-            embedded = json.loads(text)
-        except json.JSONDecodeError:
-            logger.warning("%s: focus.json in the ONNX metadata is not valid JSON", self.artefact)
+        embedded = self.predictor.embedded_card()
+        if embedded is None:
             return
         for key in ("task", "preset"):
             theirs, ours = embedded.get(key), getattr(self.card, key)
@@ -117,15 +59,8 @@ class OnnxRuntimeBackend(Backend):
                 )
 
     def infer(self, image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n, _, h, w = image.shape
-        class_probs, mask_logits = self.session.run(
-            list(OUTPUT_NAMES),
-            {
-                "image": np.ascontiguousarray(image, np.float32),
-                "edges": np.ascontiguousarray(edges, np.float32),
-            },
-        )
-        return check_outputs(class_probs, mask_logits, n, h, w)
+        return self.predictor.infer(image, edges)
 
     def close(self) -> None:
+        self.predictor.close()
         self.session = None

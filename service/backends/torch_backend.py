@@ -1,7 +1,8 @@
 """PyTorch backend: a FOCUS checkpoint directory (focus.json + model.safetensors), CPU or CUDA.
 
 torch and ``models.checkpoint`` are imported here, lazily, and only when this backend is
-constructed: with ONNX Runtime or TensorRT selected the service never imports torch.
+constructed: with ONNX Runtime or TensorRT selected the service never imports torch. The
+network runs through ``models.predict.TorchPredictor``, as in export parity and evaluation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from models.config import ModelCard
-from service.backends.base import Backend, BackendUnavailableError, check_outputs
+from models.contract import WEIGHTS_FILE
+from service.backends.base import Backend, BackendUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class TorchBackend(Backend):
             import torch
 
             from models.checkpoint import load_checkpoint
+            from models.predict import TorchPredictor
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"the PyTorch backend needs torch and models.checkpoint ({exc}); install the "
@@ -53,23 +56,13 @@ class TorchBackend(Backend):
             raise ValueError(
                 f"{directory}: checkpoint task {loaded_card.task!r} != focus.json {card.task!r}"
             )
-        self._torch: Any = torch
-        self._device = torch.device(device)
-        self.model: Any = model.eval().to(self._device)
+        self.predictor: Any = TorchPredictor(model, device)
         self.card = loaded_card
         self.device = device
-        self.artefact = Path(directory) / "model.safetensors"
+        self.artefact = Path(directory) / WEIGHTS_FILE
 
     def infer(self, image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        torch = self._torch
-        n, _, h, w = image.shape
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self._device)
-            e = torch.from_numpy(np.ascontiguousarray(edges, np.float32)).to(self._device)
-            class_probs, mask_logits = self.model(x, e)
-            cp = class_probs.float().cpu().numpy()
-            ml = mask_logits.float().cpu().numpy()
-        return check_outputs(cp, ml, n, h, w)
+        return self.predictor.infer(image, edges)
 
     def close(self) -> None:
-        self.model = None
+        self.predictor = None

@@ -29,7 +29,7 @@ def test_tensorrt_engine_matches_onnxruntime(
 ) -> None:
     gpu = _require_tensorrt_and_cuda()
     from export.tensorrt import build_engine, check_engine_parity
-    from service.backends.tensorrt import EngineMetadata
+    from models.contract import EngineSidecar
 
     engine = tmp_path / "model.engine"
     info = build_engine(
@@ -39,20 +39,20 @@ def test_tensorrt_engine_matches_onnxruntime(
         max_batch=4,
         timing_cache=tmp_path / "timing.cache",
     )
-    assert info.gpu_name == gpu and EngineMetadata.load(engine).max_batch == 4
+    assert info.gpu_name == gpu and EngineSidecar.load(engine).max_batch == 4
     report = check_engine_parity(tiny_pipeline.onnx, engine, precision)
     assert report.soft_mean_abs <= 1e-2 and report.min_iou >= 0.99
 
 
 def test_onnxruntime_cuda_provider_matches_cpu(tiny_pipeline: TinyPipeline) -> None:
-    from service.backends.onnxruntime import CUDA_EP, cuda_provider_available
+    from models.runtime.onnxruntime import cuda_provider_available
 
     if not cuda_provider_available():
         pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
     card = ModelCard.load(tiny_pipeline.entry)
     report = check_parity(
         onnxruntime_predictor(tiny_pipeline.onnx),
-        onnxruntime_predictor(tiny_pipeline.onnx, providers=(CUDA_EP,)),
+        onnxruntime_predictor(tiny_pipeline.onnx, device="cuda"),
         card,
         FP16,
     )

@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, numpy_helper
 from tiny_pipeline import TinyPipeline, torch_threads
 
-from export.graph import METADATA_KEY, default_opset, op_types, training_only_initializers
+from export.graph import default_opset, op_types, training_only_initializers
 from export.onnx import derive_fp16, read_card
 from export.parity import (
     FP16,
@@ -29,6 +29,7 @@ from export.parity import (
 from export.tensorrt import TENSORRT_ONNX_OPS, graph_problems
 from focus_cli import main
 from models.config import ModelCard
+from models.contract import METADATA_KEY
 
 MAX_DEMO_BYTES = 10_000_000
 

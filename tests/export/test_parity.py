@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -19,15 +21,26 @@ from models.config import make_card
 from models.processing import preprocess_with_card
 
 CARD = make_card("salient", "tiny")
+Outputs = tuple[np.ndarray, np.ndarray]
 
 
-def _reference(image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class _Fn:
+    """A numpy function as a :class:`models.contract.Predictor`."""
+
+    def __init__(self, fn: Callable[[np.ndarray, np.ndarray], Outputs]) -> None:
+        self.infer = fn
+
+
+def _reference_outputs(image: np.ndarray, edges: np.ndarray) -> Outputs:
     """A deterministic stand-in network: per-image outputs from pooled inputs."""
     n, _, h, w = image.shape
     pooled = image.reshape(n, 3, h // 4, 4, w // 4, 4).mean((3, 5))  # [N, 3, H/4, W/4]
     logits = np.stack([pooled[:, 0] * 3 - edges[:, 1, ::4, ::4], -pooled[:, 0] * 3], 1)
     probs = np.tile(np.array([[0.9, 0.05], [0.05, 0.9]], np.float32), (n, 1, 1))
     return probs, logits.astype(np.float32)
+
+
+_reference = _Fn(_reference_outputs)
 
 
 def test_parity_images_are_two_aspect_ratios_each_one_padded_shape() -> None:
@@ -52,12 +65,12 @@ def test_identical_predictors_pass_with_zero_difference() -> None:
 
 def test_small_noise_passes_fp16_but_fails_fp32_with_the_numbers() -> None:
     def noisy(image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probs, logits = _reference(image, edges)
+        probs, logits = _reference_outputs(image, edges)
         return probs, logits + np.float32(1e-3)
 
-    assert check_parity(_reference, noisy, CARD, FP16).ok
+    assert check_parity(_reference, _Fn(noisy), CARD, FP16).ok
     with pytest.raises(ParityError) as info:
-        check_parity(_reference, noisy, CARD, FP32, what="noisy")
+        check_parity(_reference, _Fn(noisy), CARD, FP32, what="noisy")
     message = str(info.value)
     assert message.startswith("noisy: parity FAILED: soft max |diff| ")
     assert "> 0.0001" in message and "binary IoU min" in message
@@ -66,10 +79,10 @@ def test_small_noise_passes_fp16_but_fails_fp32_with_the_numbers() -> None:
 
 def test_flipped_masks_fail_the_iou_tolerance() -> None:
     def flipped(image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probs, logits = _reference(image, edges)
+        probs, logits = _reference_outputs(image, edges)
         return probs, -logits
 
-    report = measure_parity(_reference, flipped, CARD, FP16)
+    report = measure_parity(_reference, _Fn(flipped), CARD, FP16)
     assert not report.ok
     assert any(f.startswith("binary IoU") for f in report.failures)
 
@@ -78,19 +91,19 @@ def test_batch_dependent_candidate_is_caught() -> None:
     """A candidate whose batch-4 result differs from its batch-1 result must fail."""
 
     def leaky(image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probs, logits = _reference(image, edges)
+        probs, logits = _reference_outputs(image, edges)
         return probs, logits + np.float32(0.1 * (len(image) > 1))
 
     with pytest.raises(ParityError):
-        check_parity(_reference, leaky, CARD, FP32)
+        check_parity(_reference, _Fn(leaky), CARD, FP32)
 
 
 def test_non_finite_outputs_fail() -> None:
     def broken(image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probs, logits = _reference(image, edges)
+        probs, logits = _reference_outputs(image, edges)
         return probs, np.full_like(logits, np.nan)
 
-    report = measure_parity(_reference, broken, CARD, FP16)
+    report = measure_parity(_reference, _Fn(broken), CARD, FP16)
     assert "non-finite outputs from the candidate" in report.failures
 
 

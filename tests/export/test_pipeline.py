@@ -42,7 +42,7 @@ def test_every_stage_reported_its_outcome(tiny_pipeline: TinyPipeline) -> None:
 
 
 def test_entry_is_a_model_repository_entry_and_a_checkpoint(tiny_pipeline: TinyPipeline) -> None:
-    from service.repository import scan_repository
+    from models.repository import scan_repository
 
     files = sorted(p.name for p in tiny_pipeline.entry.iterdir())
     assert files == ["focus.json", "model.onnx", "model.safetensors", "pipeline.json"]
@@ -58,8 +58,8 @@ def test_entry_is_a_model_repository_entry_and_a_checkpoint(tiny_pipeline: TinyP
 def test_service_onnxruntime_backend_segments_an_image(tiny_pipeline: TinyPipeline) -> None:
     from models.checkpoint import load_checkpoint
     from models.predict import predict
+    from models.synth import sample
     from service.backends.onnxruntime import OnnxRuntimeBackend
-    from training.synth import sample
 
     card = ModelCard.load(tiny_pipeline.entry)
     backend = OnnxRuntimeBackend(tiny_pipeline.onnx, card, intra_op_threads=1)

@@ -214,9 +214,10 @@ def test_build_passes_profile_precision_workspace_and_timing_cache(
     }
 
     # The service reads exactly this file and accepts it on the same GPU and TensorRT.
-    from service.backends.tensorrt import EngineMetadata, check_engine_compatibility
+    from models.contract import EngineSidecar
+    from models.runtime.tensorrt import check_engine_compatibility
 
-    loaded = EngineMetadata.load(engine)
+    loaded = EngineSidecar.load(engine)
     assert (loaded.gpu_name, loaded.precision, loaded.max_batch) == (info.gpu_name, "fp16", 4)
     check_engine_compatibility(
         engine, loaded, gpu_name="NVIDIA H100 80GB HBM3", tensorrt_version="10.8.0.43"

@@ -17,11 +17,12 @@ import pytest
 from service_testing import image_bytes
 
 from models.config import make_card
+from models.contract import EngineSidecar
+from models.repository import RepositoryError, scan_repository
 from service.backends.base import BackendUnavailableError
 from service.backends.factory import create_backend
 from service.backends.onnxruntime import OnnxRuntimeBackend
 from service.backends.tensorrt import (
-    EngineMetadata,
     EngineMismatchError,
     TensorRTBackend,
     check_engine_compatibility,
@@ -29,7 +30,6 @@ from service.backends.tensorrt import (
     select_engine,
 )
 from service.pipeline import compute_mask, prepare
-from service.repository import RepositoryError, scan_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU = "NVIDIA H100 80GB HBM3"
@@ -168,7 +168,7 @@ def test_engine_for_another_gpu_is_refused(tmp_path: Path) -> None:
     path = _engine(tmp_path, gpu="NVIDIA A10G")
     with pytest.raises(EngineMismatchError) as info:
         check_engine_compatibility(
-            path, EngineMetadata.load(path), gpu_name=GPU, tensorrt_version=TRT
+            path, EngineSidecar.load(path), gpu_name=GPU, tensorrt_version=TRT
         )
     assert str(info.value) == (
         f"refusing TensorRT engine {path}: it was built for GPU 'NVIDIA A10G', this is "
@@ -195,8 +195,9 @@ def test_engine_without_metadata_is_refused(tmp_path: Path) -> None:
 def test_engine_cache_is_searched_after_the_repository(tmp_path: Path) -> None:
     task_dir, cache = tmp_path / "repo" / "camouflage", tmp_path / "cache"
     _engine(task_dir, gpu="NVIDIA A10G")
-    cached = _engine(cache / "camouflage")
-    candidates = engine_candidates(task_dir, cache, "camouflage")
+    cached = _engine(cache / "camouflage" / "3")
+    _engine(cache / "camouflage" / "2")  # another version's engine is never a candidate
+    candidates = engine_candidates(task_dir, cache, "camouflage", 3)
     assert candidates == [task_dir / "model.engine", cached]
     path, meta = select_engine(candidates, gpu_name=GPU, tensorrt_version=TRT)
     assert path == cached and meta.max_batch == 8 and meta.precision == "fp16"
@@ -237,8 +238,8 @@ def test_repository_without_models_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError) as info:
         scan_repository(tmp_path)
     assert str(info.value) == (
-        f"no models in {tmp_path}: expected <task>/focus.json with one of model.engine, "
-        "model.onnx, model.safetensors"
+        f"no models in {tmp_path}: expected <task>/<version>/focus.json (or <task>/focus.json) "
+        "with one of model.engine, model.onnx, model.safetensors"
     )
     with pytest.raises(RepositoryError, match="is not a directory"):
         scan_repository(tmp_path / "missing")

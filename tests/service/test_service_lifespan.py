@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from service_testing import WrappedBackend, factory, image_bytes, run, running
 
+from models.repository import RepositoryError
 from service.app import create_app
 from service.backends.base import BackendUnavailableError
-from service.repository import RepositoryError
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

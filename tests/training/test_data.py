@@ -12,10 +12,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from models.processing import edge_map, normalise_and_pad
+from models.synth import write_dataset
 from training.augment import AugmentConfig, augment
 from training.data import ResumableSampler, TrainDataset, collate
 from training.datasets import pair_folders, read_pair
-from training.synth import write_dataset
 
 
 @pytest.fixture(scope="module")

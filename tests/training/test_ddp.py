@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import load_checkpoint
+from models.synth import write_dataset
 from training.loop import STATE_FILE
-from training.synth import write_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -27,8 +27,14 @@ def _write(root: Path, name: str, h: int, w: int, seed: int) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{name}.png")
 
 
-def _oracle(image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class _Oracle:
     """White pixels are foreground: an almost perfect 'network' at 1/4 resolution."""
+
+    def infer(self, image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _oracle_outputs(image, edges)
+
+
+def _oracle_outputs(image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     assert image.ndim == 4 and edges.shape == image.shape
     fg = (image[0, 0] > 0).astype(np.float32)  # normalised white > 0, black and padding <= 0
     h, w = fg.shape
@@ -44,7 +50,7 @@ def test_evaluate_scores_binary_and_soft_masks_and_reports_skips(tmp_path: Path)
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "images" / "nomask.png")
     pairs = pair_folders(tmp_path / "images", tmp_path / "masks")
     card = make_card("salient", "tiny")
-    res = evaluate_pairs(pairs, _oracle, card)
+    res = evaluate_pairs(pairs, _Oracle(), card)
     assert res["dataset"] == "images"
     assert res["skipped"] == [
         {"file": "nomask.png", "reason": "missing mask (expected masks/nomask.png)"}
@@ -63,7 +69,7 @@ def test_unreadable_file_at_eval_time_is_skipped_by_name(tmp_path: Path) -> None
     pairs = pair_folders(tmp_path / "images", tmp_path / "masks")
     data = (tmp_path / "images" / "bad.png").read_bytes()
     (tmp_path / "images" / "bad.png").write_bytes(data[: len(data) // 2])  # truncated later
-    res = evaluate_pairs(pairs, _oracle, make_card("camouflage", "tiny"))
+    res = evaluate_pairs(pairs, _Oracle(), make_card("camouflage", "tiny"))
     assert res["binary"]["images"] == 1
     assert [s["file"] for s in res["skipped"]] == ["bad.png"]
     assert res["skipped"][0]["reason"].startswith("unreadable image")
@@ -73,7 +79,7 @@ def test_limit_and_json_nan_become_null(tmp_path: Path) -> None:
     _write(tmp_path, "a", 64, 64, 0)
     _write(tmp_path, "b", 64, 64, 1)
     pairs = pair_folders(tmp_path / "images", tmp_path / "masks")
-    res = evaluate_pairs(pairs, _oracle, make_card("shadow", "tiny"), limit=1)
+    res = evaluate_pairs(pairs, _Oracle(), make_card("shadow", "tiny"), limit=1)
     assert res["binary"]["images"] == 1
     res["binary"]["AUC"] = float("nan")
     path = write_json({"datasets": [res]}, tmp_path / "out" / "eval.json")

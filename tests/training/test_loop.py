@@ -17,9 +17,9 @@ from models.build import build_focus
 from models.checkpoint import load_checkpoint
 from models.clip import build_clip_refiner
 from models.config import get_preset
+from models.synth import write_dataset
 from training.loop import STATE_FILE, TrainConfig, train
 from training.optim import param_groups, poly_lr, resolve_amp
-from training.synth import write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from models.synth import iter_samples, sample, write_dataset
 from models.tasks import TASKS
 from training.datasets import load_mask, pair_folders
-from training.synth import iter_samples, sample, write_dataset
 
 SIZE = 96  # small images keep the suite fast; the generators are size-agnostic
 
