@@ -19,12 +19,10 @@ from torch import nn
 from models.build import build_focus
 from models.config import ModelCard
 from models.contract import WEIGHTS_FILE
+from models.weights import CheckpointError, load_strict
 
 WEIGHTS = WEIGHTS_FILE
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded into the network its card describes."""
+__all__ = ["CheckpointError", "WEIGHTS", "load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(model: nn.Module, card: ModelCard, directory: str | Path) -> Path:
@@ -59,25 +57,6 @@ def save_checkpoint(model: nn.Module, card: ModelCard, directory: str | Path) ->
     return target
 
 
-def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with every missing, unexpected and mis-shaped key named."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if tuple(state[k].shape) != tuple(expected[k].shape)
-    )
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{source} does not match the network: {len(missing)} missing {missing[:20]}, "
-            f"{len(unexpected)} unexpected {unexpected[:20]}, "
-            f"{len(mismatched)} mis-shaped {mismatched[:20]}"
-        )
-    model.load_state_dict(state, strict=True)
-
-
 def load_checkpoint(
     directory: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, ModelCard]:
@@ -88,5 +67,5 @@ def load_checkpoint(
     if not weights.is_file():
         raise CheckpointError(f"{weights} not found")
     model = build_focus(card.config)
-    load_state_dict_strict(model, load_file(str(weights)), str(weights))
+    load_strict(model, load_file(str(weights)), str(weights))
     return model.to(device).eval(), card

@@ -13,7 +13,6 @@ Never called at inference or in the exported graph (STYLE §7); the decoder call
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
@@ -22,14 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import FocusConfig
-from models.dinov2_weights import read_state_dict
-
-logger = logging.getLogger(__name__)
+from models.weights import load_subset, read_state_dict
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 # Entries of a state dict saved from OpenAI's TorchScript model that are metadata, not weights.
 _OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_CLIP_OPTIONAL = ("visual.mask_embedding",)  # FOCUS's addition: keeps its init when absent
 
 
 class ProjectionHead(nn.Module):
@@ -354,21 +352,5 @@ def load_openai_clip(refiner: ClipRefiner, path: str | Path) -> None:
     Weights are copied into the existing fp32 parameters (``clip.load`` on CPU also runs fp32).
     """
     sd = {k: v for k, v in read_state_dict(path).items() if k not in _OPENAI_METADATA_KEYS}
-    target = refiner.clip_model.state_dict()
-    optional = {"visual.mask_embedding"}
-    missing = sorted(set(target) - set(sd) - optional)
-    unexpected = sorted(set(sd) - set(target))
-    mismatched = sorted(
-        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
-        for k in set(sd) & set(target)
-        if sd[k].shape != target[k].shape
-    )
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"{path} does not match this CLIP ({len(target)} tensors): missing {missing}, "
-            f"unexpected {unexpected}, shape mismatches {mismatched}"
-        )
-    result = refiner.clip_model.load_state_dict(sd, strict=False)
-    if set(result.missing_keys) - optional or result.unexpected_keys:  # internal invariant
-        raise RuntimeError(f"CLIP load left {result}")
-    logger.info("loaded %d CLIP tensors from %s", len(sd), path)
+    every = set(refiner.clip_model.state_dict())
+    load_subset(refiner.clip_model, sd, every, f"CLIP weights {path}", optional=_CLIP_OPTIONAL)

@@ -14,26 +14,16 @@ from pathlib import Path
 import torch
 
 from models.build import build_focus
-from models.checkpoint import CheckpointError, load_state_dict_strict, save_checkpoint
+from models.checkpoint import save_checkpoint
 from models.config import get_preset, make_card
+from models.weights import load_strict, read_state_dict
 
 DROPPED_KEYS = ("criterion.empty_weight",)
 
 
 def read_official_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``model_final.pth`` without unpickling arbitrary objects."""
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the reason
-        raise CheckpointError(
-            f"{path}: cannot be read with torch.load(weights_only=True) "
-            f"({type(exc).__name__}: {exc}). "
-            "Only plain tensor checkpoints are accepted; re-save it as {'model': state_dict}."
-        ) from exc
-    state = obj.get("model", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected {{'model': state_dict}} of tensors")
-    return state
+    """A ``model_final.pth`` (``{"model": state_dict}``) read without unpickling objects."""
+    return read_state_dict(path, container_key="model")
 
 
 def convert_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -52,7 +42,7 @@ def import_official(weights: str | Path, task: str, preset: str, out: str | Path
     config = get_preset(preset)
     model = build_focus(config)
     state = convert_official_state_dict(read_official_file(weights))
-    load_state_dict_strict(model, state, str(weights))
+    load_strict(model, state, str(weights))
     card = make_card(
         task,
         preset,

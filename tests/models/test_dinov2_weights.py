@@ -15,10 +15,10 @@ from models.dinov2_weights import (
     convert_dinov2_state_dict,
     load_dinov2_into,
     load_resnet50_into_edge,
-    read_state_dict,
     resize_pos_embed,
     vit_target_shapes,
 )
+from models.weights import read_state_dict
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"  # beside the repository
 SMALL = FocusConfig(
@@ -167,7 +167,7 @@ def test_convert_lists_missing_unexpected_and_mismatched_keys() -> None:
     message = str(info.value)
     assert "missing ['backbone.blocks.2.attn.qkv.bias']" in message
     assert "unexpected ['backbone.head.weight']" in message
-    assert "backbone.blocks.0.gamma1: checkpoint (5,) vs model (24,)" in message
+    assert "backbone.blocks.0.gamma1: file (5,) vs model (24,)" in message
 
 
 def test_load_dinov2_into_fills_only_the_vit(tmp_path: Path) -> None:
@@ -194,7 +194,8 @@ def test_load_dinov2_into_checks_against_the_model_itself(tmp_path: Path) -> Non
 
 
 def test_load_dinov2_into_the_tiny_focus_model(tmp_path: Path) -> None:
-    build = pytest.importorskip("models.build", reason="models.build is not written yet")
+    from models import build
+
     config = get_preset("tiny")
     model = build.build_focus(config)
     vit = {
