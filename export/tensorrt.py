@@ -329,6 +329,56 @@ def _fp16_graph_file(onnx_path: Path, directory: Path) -> Path:
     return out
 
 
+def _parse(
+    trt: Any, builder: Any, trt_logger: Any, onnx_path: Path, precision: str, scratch: Path
+) -> tuple[Any, Any]:
+    """The parsed network; a strongly typed fp16 one on TensorRT without BuilderFlag.FP16."""
+    source, flags = onnx_path, 0
+    if not hasattr(trt.BuilderFlag, "FP16") and precision != "fp32":
+        if precision == "bf16":
+            raise EngineBuildError(
+                f"TensorRT {trt.__version__} has no BuilderFlag.BF16 (strongly typed "
+                "networks only); build fp16 or fp32"
+            )
+        source = _fp16_graph_file(onnx_path, scratch)
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, trt_logger)
+    if not parser.parse_from_file(str(source)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineBuildError(f"TensorRT could not parse {onnx_path}: {'; '.join(errors)}")
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    if sorted(names) != sorted(INPUT_NAMES):
+        raise EngineBuildError(f"{onnx_path}: inputs {names}, expected {list(INPUT_NAMES)}")
+    return network, parser  # the parser must outlive the build
+
+
+def _builder_config(
+    trt: Any, builder: Any, precision: str, workspace_gb: float, profile: Profile
+) -> Any:
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if hasattr(trt.BuilderFlag, "FP16") and precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif hasattr(trt.BuilderFlag, "FP16") and precision == "bf16":
+        config.set_flag(trt.BuilderFlag.BF16)
+    trt_profile = builder.create_optimization_profile()
+    for name in INPUT_NAMES:
+        trt_profile.set_shape(name, profile.min, profile.opt, profile.max)
+    config.add_optimization_profile(trt_profile)
+    return config
+
+
+def _use_timing_cache(config: Any, cache_path: Path) -> None:
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    if not config.set_timing_cache(cache, False):  # ignore_mismatch=False: drop a stale cache
+        logger.warning(
+            "timing cache %s does not match this GPU/TensorRT; starting anew", cache_path
+        )
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+
+
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
@@ -361,47 +411,11 @@ def build_engine(
     start = time.perf_counter()
     trt_logger = _Logger(trt)
     builder = trt.Builder(trt_logger)
-    weakly_typed = hasattr(trt.BuilderFlag, "FP16")
     with tempfile.TemporaryDirectory(prefix="focus-trt-") as scratch:
-        source = onnx_path
-        flags = 0
-        if not weakly_typed and precision != "fp32":
-            if precision == "bf16":
-                raise EngineBuildError(
-                    f"TensorRT {trt.__version__} has no BuilderFlag.BF16 (strongly typed "
-                    "networks only); build fp16 or fp32"
-                )
-            source = _fp16_graph_file(onnx_path, Path(scratch))
-            flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, trt_logger)
-        if not parser.parse_from_file(str(source)):
-            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-            raise EngineBuildError(f"TensorRT could not parse {onnx_path}: {'; '.join(errors)}")
-        names = [network.get_input(i).name for i in range(network.num_inputs)]
-        if sorted(names) != sorted(INPUT_NAMES):
-            raise EngineBuildError(f"{onnx_path}: inputs {names}, expected {list(INPUT_NAMES)}")
-
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-        if weakly_typed and precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif weakly_typed and precision == "bf16":
-            config.set_flag(trt.BuilderFlag.BF16)
-        trt_profile = builder.create_optimization_profile()
-        for name in INPUT_NAMES:
-            trt_profile.set_shape(name, profile.min, profile.opt, profile.max)
-        config.add_optimization_profile(trt_profile)
-
+        network, _parser = _parse(trt, builder, trt_logger, onnx_path, precision, Path(scratch))
+        config = _builder_config(trt, builder, precision, workspace_gb, profile)
         cache_path = Path(timing_cache) if timing_cache else default_timing_cache(engine_path)
-        cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
-        cache = config.create_timing_cache(cache_bytes)
-        if not config.set_timing_cache(cache, False):  # ignore_mismatch=False: drop a stale cache
-            logger.warning(
-                "timing cache %s does not match this GPU/TensorRT; starting anew", cache_path
-            )
-            config.set_timing_cache(config.create_timing_cache(b""), False)
-
+        _use_timing_cache(config, cache_path)
         logger.info(
             "building %s engine from %s (profile %s) on %s, TensorRT %s",
             precision,
@@ -425,12 +439,8 @@ def build_engine(
         build_seconds=time.perf_counter() - start,
     )
     info.save(engine_path)
-    logger.info(
-        "wrote %s (%.1f MB) in %.0f s",
-        engine_path,
-        engine_path.stat().st_size / 1e6,
-        info.build_seconds,
-    )
+    size_mb = engine_path.stat().st_size / 1e6
+    logger.info("wrote %s (%.1f MB) in %.0f s", engine_path, size_mb, info.build_seconds)
     return info
 
 

@@ -19,69 +19,50 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.adapter import InteractionBlock
-from models.edge import EdgePriorModule
 from models.msda import reference_points
-from models.vit import Block, PatchEmbed
 
 
 class FocusBackbone(nn.Module):
-    """Args:
-    embed_dim, depth, num_heads, mlp_ratio, ffn_type, patch_size, pos_grid: the ViT.
-    interaction_indexes: (first, last) ViT block of each interaction block.
-    deform_num_heads, deform_points, deform_ratio, cffn_ratio: the adapter.
-    edge_layers, edge_width: the edge prior ResNet.
-    drop_path_rate: ViT stochastic depth (linear 0 -> rate) and extractor DropPath.
+    """DINOv2 ViT + edge prior + ViT-Adapter interactions, composed from built parts
+    (``models.build`` makes them from a config, as segment-anything's builder does).
+
+    Args:
+        patch_embed: the ViT's patch embedding (stride ``patch_size``).
+        blocks: the ViT blocks, in order.
+        edge: the edge prior module (edge map -> c1 map and c2..c4 tokens).
+        interactions: one adapter interaction block per ``interaction_indexes`` entry.
+        interaction_indexes: (first, last) ViT block run by each interaction block.
+        embed_dim: the ViT width (of the position embedding, level embedding and output norms).
+        pos_grid: side of the pretrained position-embedding grid (37 for DINOv2 at 518).
+    The position embedding, class token, level embedding, the c2 up-sampling and the four output
+    norms are owned here: they belong to no single part.
     """
 
     def __init__(
         self,
         *,
-        embed_dim: int,
-        depth: int,
-        num_heads: int,
-        mlp_ratio: float,
-        ffn_type: str,
-        patch_size: int,
-        pos_grid: int,
+        patch_embed: nn.Module,
+        blocks: nn.Sequential,
+        edge: nn.Module,
+        interactions: nn.Sequential,
         interaction_indexes: tuple[tuple[int, int], ...],
-        deform_num_heads: int,
-        deform_points: int,
-        deform_ratio: float,
-        cffn_ratio: float,
-        use_extra_extractor: bool,
-        edge_layers: tuple[int, int, int, int],
-        edge_width: int,
-        drop_path_rate: float,
+        embed_dim: int,
+        pos_grid: int,
     ) -> None:
         super().__init__()
-        self.patch_size = patch_size
+        if len(interactions) != len(interaction_indexes):
+            raise ValueError(
+                f"{len(interactions)} interaction blocks for {len(interaction_indexes)} indexes"
+            )
         self.pos_grid = pos_grid
         self.interaction_indexes = interaction_indexes
-        self.patch_embed = PatchEmbed(patch_size, embed_dim)
+        self.patch_embed = patch_embed
         self.pos_embed = nn.Parameter(torch.zeros(1, pos_grid * pos_grid + 1, embed_dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear 0 -> rate
-        self.blocks = nn.Sequential(
-            *(Block(embed_dim, num_heads, mlp_ratio, ffn_type, rates[i]) for i in range(depth))
-        )
+        self.blocks = blocks
         self.level_embed = nn.Parameter(torch.zeros(3, embed_dim))
-        self.edge = EdgePriorModule(embed_dim, edge_layers, edge_width)
-        last = len(interaction_indexes) - 1
-        self.interactions = nn.Sequential(
-            *(
-                InteractionBlock(
-                    embed_dim,
-                    deform_num_heads,
-                    deform_points,
-                    deform_ratio,
-                    cffn_ratio,
-                    drop_path_rate,
-                    extra_extractor=use_extra_extractor and i == last,
-                )
-                for i in range(len(interaction_indexes))
-            )
-        )
+        self.edge = edge
+        self.interactions = interactions
         self.up = nn.ConvTranspose2d(embed_dim, embed_dim, 2, 2)
         self.norm1 = nn.BatchNorm2d(embed_dim)
         self.norm2 = nn.BatchNorm2d(embed_dim)

@@ -2,32 +2,59 @@
 
 from __future__ import annotations
 
+from torch import nn
+
+from models.adapter import InteractionBlock
 from models.backbone import FocusBackbone
 from models.config import FocusConfig
+from models.edge import EdgePriorModule
 from models.focus import Focus, FocusHead
 from models.pixel_decoder import PixelDecoder
 from models.transformer_decoder import MaskedTransformerDecoder
+from models.vit import Block, PatchEmbed
+
+
+def build_backbone(config: FocusConfig) -> FocusBackbone:
+    """The ViT, edge prior and adapter parts, then the backbone that composes them.
+
+    Built in the order the parameters draw from the RNG (patch embedding, blocks, edge prior,
+    interactions), so a seeded build is the same network as before this split.
+    """
+    d, depth = config.embed_dim, config.depth
+    rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # 0 -> rate
+    patch_embed = PatchEmbed(config.patch_size, d)
+    blocks = nn.Sequential(
+        *(Block(d, config.num_heads, config.mlp_ratio, config.ffn_type, r) for r in rates)
+    )
+    edge = EdgePriorModule(d, config.edge_layers, config.edge_width)
+    last = len(config.interaction_indexes) - 1
+    interactions = nn.Sequential(
+        *(
+            InteractionBlock(
+                d,
+                config.deform_num_heads,
+                config.deform_points,
+                config.deform_ratio,
+                config.cffn_ratio,
+                config.drop_path_rate,
+                extra_extractor=config.use_extra_extractor and i == last,
+            )
+            for i in range(len(config.interaction_indexes))
+        )
+    )
+    return FocusBackbone(
+        patch_embed=patch_embed,
+        blocks=blocks,
+        edge=edge,
+        interactions=interactions,
+        interaction_indexes=config.interaction_indexes,
+        embed_dim=d,
+        pos_grid=config.pos_grid,
+    )
 
 
 def build_focus(config: FocusConfig) -> Focus:
-    backbone = FocusBackbone(
-        embed_dim=config.embed_dim,
-        depth=config.depth,
-        num_heads=config.num_heads,
-        mlp_ratio=config.mlp_ratio,
-        ffn_type=config.ffn_type,
-        patch_size=config.patch_size,
-        pos_grid=config.pos_grid,
-        interaction_indexes=config.interaction_indexes,
-        deform_num_heads=config.deform_num_heads,
-        deform_points=config.deform_points,
-        deform_ratio=config.deform_ratio,
-        cffn_ratio=config.cffn_ratio,
-        use_extra_extractor=config.use_extra_extractor,
-        edge_layers=config.edge_layers,
-        edge_width=config.edge_width,
-        drop_path_rate=config.drop_path_rate,
-    )
+    backbone = build_backbone(config)
     pixel_decoder = PixelDecoder(
         in_dim=config.embed_dim,
         conv_dim=config.conv_dim,
