@@ -4,7 +4,8 @@ Torch-free (numpy, Pillow, OpenCV). It reproduces the reference inference path
 (``shared/reference/OFFICIAL_INFERENCE.md``) exactly:
 
 * resize the shortest side with PIL bilinear on the uint8 image, cap the long side;
-* normalise with ImageNet statistics (0..255 scale), zero-pad bottom/right to a multiple of 32;
+* normalise with ImageNet statistics (0..255 scale), zero-pad bottom/right to a multiple of 32
+  (and each side to at least 64, the smallest input every exported artefact accepts);
 * build the edge map from the *normalised, padded* tensor with OpenCV (Gaussian blur, Canny,
   blend), in BGR channel order, exactly as the reference's ``_inject_edges``;
 * from the network outputs: bilinear-upsample mask logits to the padded size, crop to the
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from models.config import PIXEL_MEAN, PIXEL_STD, ModelCard
+from models.contract import MIN_INPUT_SIDE
 
 # Matches torch.nn.functional.interpolate(mode="bilinear", align_corners=False) up to float
 # rounding; see _bilinear_matrix.
@@ -71,8 +73,20 @@ def resized_size(height: int, width: int, short_side: int, max_size: int) -> tup
     return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
-def padded_size(height: int, width: int, divisor: int = 32) -> tuple[int, int]:
-    return (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
+def padded_size(
+    height: int, width: int, divisor: int = 32, minimum: int = MIN_INPUT_SIDE
+) -> tuple[int, int]:
+    """Each side rounded up to ``divisor``, and to at least ``minimum``.
+
+    The minimum (64: two stride-32 cells) is the smallest side every exported artefact accepts
+    (``models.contract``); only extreme aspect ratios (a resized side under 33 px, e.g. a
+    40000x100 panorama) reach it, and they get more zero padding than the reference's 32, which
+    the crop in the post-processing removes again.
+    """
+    return (
+        max(-(-height // divisor) * divisor, minimum),
+        max(-(-width // divisor) * divisor, minimum),
+    )
 
 
 def resize_image(rgb: np.ndarray, short_side: int, max_size: int) -> np.ndarray:

@@ -104,3 +104,25 @@ def test_binary_mask_same_class_twice_falls_back_to_the_best_entry():
 def test_preprocess_rejects_non_rgb_arrays():
     with pytest.raises(ValueError, match="uint8 HxWx3"):
         P.preprocess(np.zeros((10, 10), np.uint8))
+
+
+@pytest.mark.parametrize(("h", "w"), [(100, 40000), (40000, 100), (50, 5000)])
+def test_extreme_aspect_ratios_pad_to_the_smallest_exported_side(h: int, w: int) -> None:
+    """Every padded input lies in the range the ONNX graph and TensorRT profiles accept."""
+    from models.contract import check_padded_shape
+
+    rgb = np.zeros((h, w, 3), np.uint8)
+    prepared = P.preprocess(rgb, short_side=256, max_size=1024)
+    check_padded_shape(*prepared.padded_size)
+    rh, rw = prepared.resized_size
+    assert min(rh, rw) < 33  # the case that used to pad to 32
+    assert prepared.image.shape == (3, *prepared.padded_size)
+    assert np.all(prepared.image[:, rh:, :] == 0) and np.all(prepared.image[:, :, rw:] == 0)
+    soft, binary = P.postprocess(
+        np.array([[0.9, 0.05], [0.05, 0.9]], np.float32),
+        np.zeros((2, prepared.padded_size[0] // 4, prepared.padded_size[1] // 4), np.float32),
+        prepared.padded_size,
+        prepared.resized_size,
+        prepared.original_size,
+    )
+    assert soft.shape == binary.shape == (h, w)
