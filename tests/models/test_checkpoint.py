@@ -48,15 +48,60 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, tiny_config):
     assert meta["task"] == "camouflage" and meta["input"]["short_side"] == 256
 
 
-def test_save_replaces_an_existing_checkpoint_atomically(tmp_path, tiny_no_clip_config):
+def test_save_replaces_an_existing_checkpoint(tmp_path, tiny_no_clip_config):
     card = make_card("sod", "tiny", tiny_no_clip_config)
     target = tmp_path / "ckpt"
     save_checkpoint(build_focus(tiny_no_clip_config), card, target)
+    first = (target / "model.safetensors").read_bytes()
+    torch.manual_seed(1)
     save_checkpoint(build_focus(tiny_no_clip_config), card, target)
     assert sorted(p.name for p in target.iterdir()) == ["focus.json", "model.safetensors"]
+    assert (target / "model.safetensors").read_bytes() != first
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary leftovers
-    assert target.stat().st_mode & 0o055 == 0o055 or os.umask(os.umask(0)) & 0o055
-    assert (target / "model.safetensors").stat().st_mode & 0o044 or os.umask(os.umask(0)) & 0o044
+
+
+def test_a_failed_save_leaves_the_old_checkpoint_whole(tmp_path, tiny_no_clip_config, monkeypatch):
+    import models.checkpoint as checkpoint
+
+    card = make_card("sod", "tiny", tiny_no_clip_config)
+    target = tmp_path / "ckpt"
+    save_checkpoint(build_focus(tiny_no_clip_config), card, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def half_written(state, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 1000)  # a partial file, then the disk fills up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", half_written)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(build_focus(tiny_no_clip_config), card, target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    load_checkpoint(target)  # still loads
+
+
+@pytest.mark.parametrize(
+    ("umask", "dir_mode", "file_mode"), [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)]
+)
+def test_saved_checkpoint_permissions_follow_the_umask(
+    tmp_path, tiny_no_clip_config, umask, dir_mode, file_mode
+):
+    """mkdtemp makes 0700 directories; a service running as another user must read ours."""
+    previous = os.umask(umask)
+    try:
+        target = save_checkpoint(
+            build_focus(tiny_no_clip_config),
+            make_card("sod", "tiny", tiny_no_clip_config),
+            tmp_path / "ckpt",
+        )
+    finally:
+        os.umask(previous)
+    assert target.stat().st_mode & 0o777 == dir_mode
+    assert {p.name: p.stat().st_mode & 0o777 for p in target.iterdir()} == {
+        "focus.json": file_mode,
+        "model.safetensors": file_mode,
+    }
 
 
 def test_load_names_every_missing_and_unexpected_key(tmp_path, tiny_no_clip_config):

@@ -1,6 +1,9 @@
 """The network: output contract, determinism, batch independence, gradients, every preset."""
 
 import dataclasses
+import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,25 +106,51 @@ def test_presets_that_fit_in_memory_run(preset):
     assert probs.shape == (1, 2, 2) and logits.shape == (1, 2, 16, 24)
 
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"  # beside the repository
+TRAINING_ONLY = ("clip_refiner", "text_embed", "image_embed")  # DESIGN: never run at inference
+
+
+def _inference_only(name: str) -> bool:
+    return not any(part in TRAINING_ONLY for part in name.split("."))
+
+
+def _documented_sizes() -> dict[str, tuple[int, int]]:
+    """The docs/models.md table: preset -> (parameters, inference parameters)."""
+    rows = re.findall(r"^\| (\w+) \| ([\d,]+) \| ([\d,]+) \|$", DOCS.read_text(), re.M)
+    return {name: (int(a.replace(",", "")), int(b.replace(",", ""))) for name, a, b in rows}
+
+
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_preset_builds_with_its_documented_size(preset):
     with torch.device("meta"):
         model = build_focus(get_preset(preset))
-    inference = sum(
-        p.numel()
-        for n, p in model.named_parameters()
-        if "clip_refiner" not in n and "_embed." not in n[-30:]
-    )
-    assert inference > 0
+    total = sum(p.numel() for p in model.parameters())
+    inference = sum(p.numel() for n, p in model.named_parameters() if _inference_only(n))
+    assert _documented_sizes()[preset] == (total, inference)
     if preset == "tiny":
-        # demo models ship as fp16 ONNX of at most ~10 MB
-        assert inference * 2 < 10e6
+        # the demo models ship fp32 ONNX and safetensors of at most 10 MB
+        assert inference * 4 < 10e6
+
+
+@pytest.mark.parametrize("preset", ["large", "giant"])
+def test_inference_tensors_are_the_reference_checkpoints_minus_training_only(preset):
+    """Counted independently from the reference's own state-dict listing."""
+    tsv = REFERENCE / f"official_focus_dinov2_{preset}_state_dict.tsv"
+    rows = [line.split("\t") for line in tsv.read_text().splitlines()[1:] if line]
+    reference = sum(
+        1 if shape == "scalar" else math.prod(int(d) for d in shape.split("x"))
+        for name, shape, _ in rows
+        if _inference_only(name) and name != "criterion.empty_weight"
+    )
+    with torch.device("meta"):
+        state = build_focus(get_preset(preset)).state_dict()
+    ours = sum(t.numel() for n, t in state.items() if _inference_only(n))
+    assert ours == reference
 
 
 def test_tiny_golden_output():
     """Pins the tiny network's function: a refactor that changes the maths fails here."""
-    from pathlib import Path
-
     golden = np.load(Path(__file__).with_name("golden_tiny.npz"))
     torch.manual_seed(0)
     model = build_focus(get_preset("tiny")).eval()
