@@ -105,6 +105,17 @@ def _stage(
     return data
 
 
+# Stage results the next stages need but pipeline.json does not record (paths of this machine).
+_INTERNAL = ("checkpoint",)
+
+
+def _portable(spec: str) -> str:
+    """A data argument as pipeline.json records it: a dataset name, or a folder's own name
+    (absolute paths of the machine that built a model say nothing to its users)."""
+    path = Path(spec)
+    return path.name if path.is_absolute() or path.exists() else spec
+
+
 class _Skip(Exception):
     """A stage that does not apply here (e.g. TensorRT without a GPU)."""
 
@@ -143,15 +154,15 @@ def run_pipeline(
         report = {
             "task": task,
             "preset": config.preset,
-            "data": list(config.data),
-            "eval_data": list(config.eval_data or config.data),
+            "data": [_portable(d) for d in config.data],
+            "eval_data": [_portable(d) for d in config.eval_data or config.data],
             "stages": [
                 {
                     "name": r.name,
                     "status": r.status,
                     "seconds": round(r.seconds, 1),
                     "detail": r.detail,
-                    **r.data,
+                    **{k: v for k, v in r.data.items() if k not in _INTERNAL},
                 }
                 for r in results
             ],
@@ -183,7 +194,7 @@ def _train(config: PipelineConfig, task: str, work: Path) -> tuple[str, dict[str
         **config.train_options,
     }
     checkpoint = train(TrainConfig(**options))
-    return f"{config.iters} iterations -> {checkpoint}", {"checkpoint": str(checkpoint)}
+    return f"{config.iters} iterations", {"checkpoint": str(checkpoint)}
 
 
 def _evaluate(config: PipelineConfig, state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -217,7 +228,7 @@ def _onnx(state: dict[str, Any], staging: Path) -> tuple[str, dict[str, Any]]:
         f"{result['bytes'] / 1e6:.1f} MB; parity vs PyTorch: soft max |diff| "
         f"{p['soft_max_abs']:.2g}, IoU {p['min_iou']:.4f}"
     )
-    return text, {"onnx": result}
+    return text, {"onnx": {**result, "onnx": Path(result["onnx"]).name}}
 
 
 def _tensorrt(config: PipelineConfig, staging: Path) -> tuple[str, dict[str, Any]]:

@@ -20,11 +20,24 @@ from models.processing import postprocess, preprocess_with_card
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _strings(value):
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
 def test_every_stage_reported_its_outcome(tiny_pipeline: TinyPipeline) -> None:
     stages = {s["name"]: s for s in tiny_pipeline.report["stages"]}
     assert list(stages) == ["train", "evaluate", "onnx", "tensorrt"]
     assert [s["status"] for s in stages.values()] == ["ok", "ok", "ok", "skipped"]
-    assert stages["train"]["detail"].startswith("3 iterations -> ")
+    assert stages["train"]["detail"] == "3 iterations"
+    assert "checkpoint" not in stages["train"] and stages["onnx"]["onnx"]["onnx"] == "model.onnx"
+    assert tiny_pipeline.report["data"] == ["data"]  # the folder's name, not this machine's path
+    assert [
+        s for s in _strings(tiny_pipeline.report) if "/" + "tmp" in s or s.startswith("/")
+    ] == []
     metrics = stages["evaluate"]["metrics"]["data"]
     assert metrics["images"] == 8 and 0.0 <= metrics["MAE"] <= 1.0
     assert stages["onnx"]["onnx"]["parity"]["fp32"]["ok"] is True
