@@ -137,6 +137,8 @@ def test_every_preset_builds_with_its_documented_size(preset):
 def test_inference_tensors_are_the_reference_checkpoints_minus_training_only(preset):
     """Counted independently from the reference's own state-dict listing."""
     tsv = REFERENCE / f"official_focus_dinov2_{preset}_state_dict.tsv"
+    if not tsv.is_file():
+        pytest.skip(f"{tsv} not found (../shared is not beside this checkout)")
     rows = [line.split("\t") for line in tsv.read_text().splitlines()[1:] if line]
     reference = sum(
         1 if shape == "scalar" else math.prod(int(d) for d in shape.split("x"))
