@@ -34,6 +34,14 @@ OUTPUT_NAMES: tuple[str, str] = ("class_probs", "mask_logits")
 METADATA_KEY = "focus.json"  # ONNX metadata_props key holding the model card
 MASK_STRIDE = 4  # mask_logits are at 1/4 of the padded input
 
+# ----------------------------------------------------------------------------- Triton ensemble
+# `focus export triton` writes per task an ensemble preprocess -> network -> postprocess that
+# takes encoded image bytes and returns the PNG mask; the geometry travels from preprocess to
+# postprocess as int32 [2] (height, width) tensors. The Python models read these names too.
+ENSEMBLE_INPUT = "image_bytes"  # TYPE_STRING [1]: one encoded image (PNG, JPEG, WebP, ...)
+ENSEMBLE_OUTPUT = "mask_png"  # TYPE_STRING [1]: 8-bit grey PNG of the soft mask
+SIZE_NAMES: tuple[str, str, str] = ("original_size", "resized_size", "padded_size")
+
 # ----------------------------------------------------------------------------- files
 
 CARD_FILE = "focus.json"
@@ -69,6 +77,9 @@ SIZE_DIVISOR = 32  # padded H and W are multiples of the stride-32 level
 MIN_INPUT_SIDE = 2 * SIZE_DIVISOR
 MAX_INPUT_SIDE = 256 * SIZE_DIVISOR
 MAX_EXPORT_BATCH = 64
+# Largest decoded image (width x height) accepted by default, read from the header before the
+# pixels are decoded: the service's FOCUS_MAX_PIXELS and the Triton preprocess's max_pixels.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 def check_padded_shape(height: int, width: int) -> None:

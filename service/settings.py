@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.contract import DEFAULT_MAX_PIXELS
+
 MiB = 1024 * 1024
 
 BackendName = Literal["auto", "onnxruntime", "tensorrt", "torch"]
@@ -64,7 +66,7 @@ class Settings(BaseSettings):
         default=20 * MiB, ge=1, description="Largest accepted request body."
     )
     max_pixels: int = Field(
-        default=40_000_000,
+        default=DEFAULT_MAX_PIXELS,
         ge=1,
         description="Largest accepted image (width x height), read from the header.",
     )

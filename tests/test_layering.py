@@ -28,6 +28,7 @@ TORCH_FREE = (
     "models.config",
     "models.tasks",
     "models.processing",
+    "models.imaging",
     "models.repository",
     "models.synth",
     "models.runtime.onnxruntime",
