@@ -216,12 +216,23 @@ def _register_triton(sub: Any) -> None:
     p = sub.add_parser(
         "triton",
         help="our model repository -> a Triton Inference Server model repository",
-        description="Write <out>/<task>/config.pbtxt, 1/model.onnx (or 1/model.plan) and "
-        "focus.json for every task of the model repository.",
+        description="For the served version V of every task of the model repository write the "
+        "network model <out>/<task>/{config.pbtxt, focus.json, V/model.onnx (or V/model.plan)} "
+        "and an ensemble <task>_ensemble that takes encoded image bytes (image_bytes) and "
+        "returns the PNG mask (mask_png): <task>_preprocess -> <task> -> <task>_postprocess, "
+        "the first and last on Triton's Python backend running focus's own pre/post-processing.",
     )
     p.add_argument("--model-repository", type=Path, required=True, help="our model repository")
     p.add_argument("--out", type=Path, required=True, help="Triton model repository to write")
     p.add_argument("--platform", choices=from_platforms, default="onnxruntime_onnx")
+    p.add_argument(
+        "--model-backend",
+        choices=("native", "python-onnxruntime"),
+        default="native",
+        help="native: Triton's onnxruntime_onnx / tensorrt_plan backends (NVIDIA's containers); "
+        "python-onnxruntime: the network on ONNX Runtime inside Triton's Python backend, for "
+        "Triton builds without the ONNX Runtime backend (CPU)",
+    )
     p.add_argument(
         "--max-batch",
         type=_positive_int,
@@ -239,29 +250,74 @@ def _register_triton(sub: Any) -> None:
         "--kind",
         choices=("KIND_AUTO", "KIND_GPU", "KIND_CPU"),
         default=None,
-        help="instance kind (default KIND_GPU for plans, else KIND_AUTO)",
+        help="instance kind (default KIND_GPU for plans, KIND_CPU for python-onnxruntime, "
+        "else KIND_AUTO)",
+    )
+    p.add_argument(
+        "--python-path",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="directory the Python models import focus's `models` package and numpy, Pillow, "
+        "OpenCV (and ONNX Runtime) from, as seen by the Triton server; repeatable, relative to "
+        "the Triton model repository when relative (default: this installation's root)",
+    )
+    p.add_argument(
+        "--python-instances",
+        type=_positive_int,
+        default=1,
+        help="instances of each preprocess / postprocess model (1)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=None,
+        help="largest image (width x height) the preprocess decodes (default 40000000)",
+    )
+    p.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads of the python-onnxruntime model (0: library default)",
     )
     p.set_defaults(func=_cmd_triton)
 
 
 def _cmd_triton(args: argparse.Namespace) -> int:
     from export.triton import TritonOptions, write_triton_repository
+    from models.contract import DEFAULT_MAX_PIXELS
+    from models.repository import RepositoryError
 
-    kind = args.kind or ("KIND_GPU" if args.platform == "tensorrt_plan" else "KIND_AUTO")
+    if args.kind is not None:
+        kind = args.kind
+    elif args.platform == "tensorrt_plan":
+        kind = "KIND_GPU"
+    else:
+        kind = "KIND_CPU" if args.model_backend == "python-onnxruntime" else "KIND_AUTO"
     try:
         options = TritonOptions(
             platform=args.platform,
+            model_backend=args.model_backend,
             max_batch=args.max_batch,
             max_queue_delay_us=args.max_queue_delay_us,
             instances=args.instances,
             kind=kind,
+            python_path=tuple(args.python_path) if args.python_path else None,
+            python_instances=args.python_instances,
+            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+            intra_op_threads=args.intra_op_threads,
         )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         written = write_triton_repository(args.model_repository, args.out, options)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RepositoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     for path in written:
         print(f"wrote {path}/config.pbtxt")
+    print(f"Python models import from: {':'.join(options.resolved_python_path)}")
     return 0
 
 
