@@ -14,7 +14,7 @@ Per task ``focus export triton`` writes, beside the network model ``<task>``:
 Every model of a task gets the task's served version as its version directory, and the
 ensemble pins that version in each step, so a repository never mixes one version's
 preprocessing with another's network. The Python models find the ``models`` package (and
-numpy, Pillow, OpenCV, ONNX Runtime) through ``FOCUS_PYTHON_PATH`` in their ``config.pbtxt``
+numpy, Pillow, OpenCV, ONNX Runtime) through ``python_path`` in their ``config.pbtxt``
 (see ``export/triton_python/focus_bootstrap.py``).
 """
 
@@ -38,7 +38,7 @@ from models.contract import (
 
 SOURCES = Path(__file__).resolve().parent / "triton_python"
 BOOTSTRAP = "focus_bootstrap.py"
-PYTHON_PATH_KEY = "FOCUS_PYTHON_PATH"
+PYTHON_PATH_KEY = "python_path"
 PREPROCESS_SOURCE = "preprocess.py"
 POSTPROCESS_SOURCE = "postprocess.py"
 ONNXRUNTIME_SOURCE = "onnxruntime_model.py"

@@ -3,8 +3,8 @@
 The wheel (PyPI, Linux x86_64, glibc >= 2.35) ships Triton 2.51 with the Python backend, the
 dynamic batcher, the response cache and the ``nv_*`` metrics, but no ONNX Runtime or TensorRT
 backend: it serves the ``--model-backend python-onnxruntime`` export. Everything is cached
-under ``$FOCUS_TRITON_CACHE`` (default ``~/.cache/focus-triton``), keyed by versions, so only
-the first use downloads (~55 MB wheel, ~300 MB of packages):
+under ``$XDG_CACHE_HOME/focus-triton`` (default ``~/.cache/focus-triton``), keyed by versions,
+so only the first use downloads (~55 MB wheel, ~300 MB of packages):
 
 * ``pytriton-<version>-py<X.Y>/``: the server unpacked from the wheel (not pip-installed: the
   wheel pins ``numpy<2``), with the Python backend stub for this interpreter's version;
@@ -48,7 +48,6 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 PYTRITON_VERSION = "0.7.0"
-CACHE_ENV = "FOCUS_TRITON_CACHE"
 _SERVER_MEMBERS = ("pytriton/tritonserver/", "nvidia_pytriton.libs/")
 _SERVER_DIR = "pytriton/tritonserver"
 
@@ -76,7 +75,8 @@ class TritonInstall:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "focus-triton")
+    """``$XDG_CACHE_HOME/focus-triton``, by default ``~/.cache/focus-triton``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "focus-triton"
 
 
 def stub_requirements() -> tuple[str, ...]:

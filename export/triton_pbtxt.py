@@ -63,7 +63,7 @@ def instance_group(count: int, kind: str) -> list[str]:
 def parameters(values: Mapping[str, str]) -> list[str]:
     """The ``parameters`` map, one ``parameters { key value { string_value } }`` per entry.
 
-    ``export/triton_python/focus_bootstrap.py`` reads ``FOCUS_PYTHON_PATH`` back from this exact
+    ``export/triton_python/focus_bootstrap.py`` reads ``python_path`` back from this exact
     layout (key and value on consecutive lines) before any third-party import.
     """
     lines = []

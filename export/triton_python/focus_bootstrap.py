@@ -1,4 +1,4 @@
-"""Put the ``FOCUS_PYTHON_PATH`` of this model's ``config.pbtxt`` on ``sys.path``.
+"""Put the ``python_path`` of this model's ``config.pbtxt`` on ``sys.path``.
 
 Triton's Python backend stub embeds the system interpreter and ignores ``PYTHONPATH``, and it
 imports ``triton_python_backend_utils`` (which needs numpy) right after ``model.py``, before
@@ -14,12 +14,12 @@ import re
 import sys
 from pathlib import Path
 
-KEY = "FOCUS_PYTHON_PATH"
+KEY = "python_path"
 _PATTERN = re.compile(r'key:\s*"' + KEY + r'"\s*value\s*:?\s*\{\s*string_value:\s*"([^"\\]*)"')
 
 
 def python_path(config_text: str, repository: Path) -> list[str]:
-    """The directories named by ``FOCUS_PYTHON_PATH`` in ``config_text``, absolute."""
+    """The directories named by ``python_path`` in ``config_text``, absolute."""
     match = _PATTERN.search(config_text)
     if match is None:
         return []

@@ -126,7 +126,7 @@ def test_preprocess_and_postprocess_are_python_models_with_our_sources(tmp_path:
         assert (config.backend, config.platform, config.max_batch_size) == ("python", "", 1)
         assert not config.HasField("dynamic_batching")  # one image per request, any size
         assert [(g.count, g.kind) for g in config.instance_group] == [(3, Kind.Value("KIND_CPU"))]
-        assert config.parameters["FOCUS_PYTHON_PATH"].string_value == "/opt/focus-deps:/opt/focus"
+        assert config.parameters["python_path"].string_value == "/opt/focus-deps:/opt/focus"
         version_dir = out / config.name / "1"
         assert sorted(p.name for p in version_dir.iterdir()) == [
             "focus.json",
@@ -171,7 +171,7 @@ def test_python_onnxruntime_variant_runs_the_graph_in_the_python_backend(tmp_pat
     assert (config.backend, config.platform, config.max_batch_size) == ("python", "", 8)
     assert config.default_model_filename == ""
     assert config.parameters["intra_op_threads"].string_value == "2"
-    assert config.parameters["FOCUS_PYTHON_PATH"].string_value == "/opt/focus-deps:/opt/focus"
+    assert config.parameters["python_path"].string_value == "/opt/focus-deps:/opt/focus"
     assert [(g.count, g.kind) for g in config.instance_group] == [(2, Kind.Value("KIND_CPU"))]
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4, 8]
     version_dir = out / "defocus" / "1"
@@ -297,7 +297,7 @@ def test_the_parser_used_here_is_strict() -> None:
 
 
 def test_bootstrap_reads_the_python_path_the_writer_wrote(tmp_path: Path) -> None:
-    """focus_bootstrap parses FOCUS_PYTHON_PATH from the config text the writer produces and
+    """focus_bootstrap parses python_path from the config text the writer produces and
     puts it on sys.path of a fresh interpreter (relative entries: relative to the repository)."""
     card = make_card("salient", "tiny")
     repo = tmp_path / "triton"
