@@ -1,4 +1,4 @@
-"""``focus export {onnx,tensorrt,triton}`` and ``focus pipeline``.
+"""``focus export {onnx,tensorrt,triton}``, ``focus pipeline`` and ``focus pull``.
 
 ``register(subparsers)`` only defines arguments; each handler imports what it needs, so
 ``focus export tensorrt`` runs in the torch-free GPU image. Exit status: 0 done, 1 failed
@@ -51,6 +51,7 @@ def register(subparsers: Any) -> None:
     _register_tensorrt(sub)
     _register_triton(sub)
     _register_pipeline(subparsers)
+    _register_pull(subparsers)
 
 
 # ----------------------------------------------------------------------------- onnx
@@ -416,4 +417,145 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(f"published {args.out / report['task']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- pull
+
+
+def _register_pull(subparsers: Any) -> None:
+    from models.config import PRESETS
+    from models.zoo import DEFAULT_REVISION, DEFAULT_SIZE, SIZES
+
+    p = subparsers.add_parser(
+        "pull",
+        help="download a released FOCUS checkpoint from the Hugging Face Hub and publish it",
+        description="Resolve TASK to the reference project's Hugging Face repository, download "
+        "the checkpoint (huggingface_hub: its cache, resume and progress bar; HF_ENDPOINT, "
+        "HF_HUB_OFFLINE, HF_TOKEN), check its sha256, import it strictly, export ONNX (parity-"
+        "checked) and publish it as the next version of TASK in the model repository. A step "
+        "that fails exits 1, names itself and publishes nothing; a version that already holds "
+        "the same file at the same commit is not pulled again.",
+    )
+    p.add_argument("task", nargs="?", help="task name or alias (e.g. camouflage, cod)")
+    p.add_argument(
+        "--size",
+        default=DEFAULT_SIZE,
+        choices=list(PRESETS),
+        help=f"backbone: {' or '.join(SIZES)} (default {DEFAULT_SIZE}); with --from any preset",
+    )
+    p.add_argument(
+        "--revision", default=DEFAULT_REVISION, help="branch, tag or commit (default main)"
+    )
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        help="model repository to publish into (default $FOCUS_MODEL_REPOSITORY, else "
+        "./model_repository)",
+    )
+    p.add_argument(
+        "--from",
+        dest="hub_file",
+        metavar="OWNER/NAME/FILE",
+        help="another Hub file in the reference layout (a fine-tune), loaded into --size",
+    )
+    p.add_argument("--list", action="store_true", help="list the released checkpoints and exit")
+    p.add_argument("--force", action="store_true", help="publish even if already pulled")
+    p.add_argument(
+        "--force-download", action="store_true", help="download again, ignoring the cache"
+    )
+    p.add_argument(
+        "--download-only", action="store_true", help="download and verify only; publish nothing"
+    )
+    p.add_argument(
+        "--with-weights",
+        action="store_true",
+        help="also publish model.safetensors (for the torch backend)",
+    )
+    p.set_defaults(func=_cmd_pull)
+
+
+def _print_releases() -> None:
+    from models.zoo import DOWNLOAD_BYTES, SERVED_BYTES, SIZES, all_releases
+
+    rows = [("task", "size", "Hugging Face file", "download", "served fp32")]
+    rows += [
+        (
+            r.task,
+            r.size,
+            f"{r.repo_id}/{r.filename}",
+            f"{DOWNLOAD_BYTES[r.size] / 1e9:.2f} GB",
+            f"{SERVED_BYTES[r.size] / 1e9:.2f} GB",
+        )
+        for r in all_releases()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"sizes: {', '.join(SIZES)}; download = the .pth on the Hub (network + training state)")
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    import importlib
+    import os
+
+    from models.tasks import UnknownTaskError
+    from models.zoo import SourceError, hub_file, release
+
+    if args.list:
+        _print_releases()
+        return 0
+    if not args.task:
+        print("error: focus pull needs a TASK (or --list)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.hub_file:
+            source = hub_file(args.task, args.size, args.hub_file, args.revision)
+        else:
+            source = release(args.task, args.size, args.revision)
+    except (SourceError, UnknownTaskError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    missing = []
+    for module in ("torch", "huggingface_hub"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        print(
+            f"error: focus pull needs {' and '.join(missing)}, which this installation lacks; "
+            "install the train extra (pip install 'focus-serve[train]') or use the cpu-pull image",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    import logging
+
+    from export.pull import PullError, PullOptions, pull
+
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one INFO line per initializer
+
+    repository = args.repository or Path(
+        os.environ.get("FOCUS_MODEL_REPOSITORY", "model_repository")
+    )
+    options = PullOptions(
+        repository=repository,
+        force=args.force,
+        force_download=args.force_download,
+        download_only=args.download_only,
+        with_weights=args.with_weights,
+    )
+    try:
+        result = pull(source, options, echo=lambda line: print(line, flush=True))
+    except PullError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if result.status == "published":
+        print(f"published {source.task} version {result.version} at {result.directory}")
+    elif result.status == "downloaded":
+        print(
+            f"downloaded {source.repo_id}/{source.filename}@{result.revision} (sha256 "
+            f"{result.sha256}); published nothing (--download-only)"
+        )
     return 0

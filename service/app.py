@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import register_error_handlers
 from service.metrics import Metrics
+from service.pull import StartupPuller
 from service.routes import demo, health, segment, tasks
 from service.routes import metrics as metrics_route
 from service.settings import Settings
@@ -81,13 +82,24 @@ def create_app(
     settings = settings if settings is not None else Settings()
     metrics = metrics if metrics is not None else Metrics()
     state = ServiceState(settings, metrics, backend_factory)
+    # FOCUS_PULL (service/pull.py); ServiceState.reload, where this build has it, switches a
+    # task to its pulled version without a restart.
+    puller = StartupPuller(
+        settings.pull_sources,
+        settings.model_repository,
+        require=settings.require_pull,
+        reload=getattr(state, "reload", None),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
+            await puller.before_start()
             await state.start()
+            puller.start()
             yield
         finally:
+            await puller.stop()
             await state.stop()
 
     app = FastAPI(
@@ -97,6 +109,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.focus = state
+    app.state.focus_pull = puller
     register_error_handlers(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     for router in (segment.router, tasks.router, health.router, metrics_route.router, demo.router):

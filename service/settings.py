@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.contract import DEFAULT_MAX_PIXELS
+from models.zoo import Source, SourceError, parse_sources
 
 MiB = 1024 * 1024
 
@@ -89,6 +90,26 @@ class Settings(BaseSettings):
         ge=1,
         description="uvicorn worker processes (>1 switches metrics to multiprocess mode).",
     )
+    # --- FOCUS_PULL (service/pull.py): released checkpoints pulled into the repository at start
+    pull: str = Field(
+        default="",
+        description="Comma-separated TASK[:SIZE][@REVISION] (e.g. camouflage:large,salient:large)"
+        " pulled from the Hugging Face Hub at start-up by `focus pull` when the repository has "
+        "no version of them yet; the demo model serves each task until its pull is published.",
+    )
+    require_pull: bool = Field(
+        default=False,
+        description="Pull before serving and fail start-up when a FOCUS_PULL entry fails.",
+    )
+
+    @field_validator("pull")
+    @classmethod
+    def _check_pull(cls, value: str) -> str:
+        try:
+            parse_sources(value)
+        except SourceError as exc:
+            raise ValueError(str(exc)) from None
+        return value.strip()
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
@@ -96,7 +117,14 @@ class Settings(BaseSettings):
             raise ValueError("FOCUS_BACKEND=tensorrt needs FOCUS_DEVICE=cuda")
         if self.require_gpu and self.device != "cuda":
             raise ValueError("FOCUS_REQUIRE_GPU=true needs FOCUS_DEVICE=cuda")
+        if self.require_pull and not self.pull_sources:
+            raise ValueError("FOCUS_REQUIRE_PULL=true needs FOCUS_PULL (what to pull)")
         return self
+
+    @property
+    def pull_sources(self) -> tuple[Source, ...]:
+        """``FOCUS_PULL`` parsed (validated when the settings are built)."""
+        return parse_sources(self.pull)
 
     @property
     def max_delay_s(self) -> float:

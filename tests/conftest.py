@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hub_testing import ServedPull, run_served_pull
 from tiny_pipeline import TinyPipeline, torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +101,13 @@ def tiny_pipeline(
         report=json.loads((directory / "report.json").read_text(encoding="utf-8")),
         log=(directory / "pipeline.log").read_text(encoding="utf-8") if fresh else "",
     )
+
+
+@pytest.fixture(scope="session")
+def served_pull(tmp_path_factory: pytest.TempPathFactory) -> ServedPull:
+    """A real ``focus serve`` with ``FOCUS_PULL`` that pulled, imported, exported and published
+    a released-layout tiny checkpoint from an offline Hugging Face cache (tests/hub_testing.py).
+    Shared by the export and service tests: one ONNX trace (minutes) per session."""
+    pytest.importorskip("torch")
+    pytest.importorskip("huggingface_hub")
+    return run_served_pull(tmp_path_factory.mktemp("served-pull"))

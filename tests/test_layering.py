@@ -31,6 +31,7 @@ TORCH_FREE = (
     "models.imaging",
     "models.repository",
     "models.synth",
+    "models.zoo",
     "models.runtime.onnxruntime",
     "models.runtime.tensorrt",
 )
