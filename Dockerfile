@@ -2,6 +2,7 @@
 #
 #   docker build -t focus-serve:gpu .               default target (last stage): NVIDIA GPUs
 #   docker build --target cpu -t focus-serve:cpu .  small CPU image: no CUDA, no torch
+#   docker build --target cpu-pull -t focus-serve:cpu-pull .   CPU image that can `focus pull`
 #
 # gpu: CUDA 13 runtime + cuDNN 9, onnxruntime-gpu (instead of onnxruntime) and TensorRT from PyPI.
 #      TensorRT engines are GPU-specific, so none is baked in: deploy/entrypoint.sh builds the
@@ -59,6 +60,29 @@ HEALTHCHECK --interval=30s --timeout=6s --start-period=60s --retries=3 \
     CMD ["python", "/usr/local/lib/focus/healthcheck.py"]
 ENTRYPOINT ["focus-entrypoint"]
 CMD ["serve"]
+
+# --------------------------------------------------------------------------- cpu-pull (FOCUS_PULL)
+# The cpu image plus the train extra (torch, huggingface_hub), so `focus serve` can honour
+# FOCUS_PULL=camouflage:large,... : released checkpoints are pulled from the Hugging Face Hub into
+# the model repository, a volume here (the entrypoint first copies the bundled demo models into it;
+# each task answers with its demo model until its pull is published). torch comes from PyPI like
+# every other dependency; its Linux wheel brings CUDA libraries, so this image is several GB.
+FROM cpu-builder AS cpu-pull-builder
+# Versions are bounded in pyproject.toml, the single place dependencies are declared.
+# hadolint ignore=DL3013
+RUN pip install ".[train]" \
+    && python -c "import torch, huggingface_hub, export.pull"
+
+FROM cpu AS cpu-pull
+LABEL org.opencontainers.image.title="focus-serve (CPU, with focus pull)"
+USER 0:0
+RUN mkdir -p /var/lib/focus/models /var/lib/focus/hf \
+    && chown -R focus:focus /var/lib/focus
+COPY --from=cpu-pull-builder /opt/venv /opt/venv
+ENV FOCUS_MODEL_REPOSITORY=/var/lib/focus/models \
+    HF_HOME=/var/lib/focus/hf
+VOLUME ["/var/lib/focus"]
+USER 10001:10001
 
 # --------------------------------------------------------------------------- gpu builder
 FROM ${CUDA_IMAGE} AS gpu-builder

@@ -65,11 +65,40 @@ build_missing_engines() {
     done
 }
 
+# ----------------------------------------------------------------------------- FOCUS_PULL
+# With FOCUS_PULL set, `focus serve` pulls released checkpoints into $FOCUS_MODEL_REPOSITORY
+# itself (service/pull.py). That directory must be writable (a volume); every task it lacks gets
+# the demo model bundled in the image ($DEMO_REPOSITORY), so each task answers until its pull is
+# published. Nothing already in the repository is touched.
+seed_pull_repository() {
+    local demo="${DEMO_REPOSITORY:-/app/model_repository}" source task
+    [ -n "${FOCUS_PULL:-}" ] || return 0
+    if ! mkdir -p "$repository" 2>/dev/null || [ ! -w "$repository" ]; then
+        log "FOCUS_PULL is set but $repository is not writable: mount a volume there"
+        return 0
+    fi
+    [ -d "$demo" ] || return 0
+    if [ "$(cd "$demo" && pwd -P)" = "$(cd "$repository" && pwd -P)" ]; then
+        return 0
+    fi
+    for source in "$demo"/*/; do
+        task="$(basename "$source")"
+        [ -e "$repository/$task" ] && continue
+        if cp -R "$source" "$repository/.seed-$task" && mv "$repository/.seed-$task" "$repository/$task"; then
+            log "$task: demo model copied into $repository; it serves until the pull is published"
+        else
+            rm -rf "${repository:?}/.seed-$task"
+            log "$task: could not copy the demo model into $repository"
+        fi
+    done
+}
+
 if [ "$#" -eq 0 ]; then
     set -- serve
 fi
 
 if [ "$1" = serve ]; then
+    seed_pull_repository
     build_missing_engines
 fi
 

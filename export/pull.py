@@ -267,10 +267,7 @@ def _import(source: Source, weights: Path, work: Path, hub: dict[str, Any]) -> t
         provenance={**card.provenance, HUB_PROVENANCE: hub},
     )
     card.save(checkpoint)
-    return (
-        f"strict into preset {source.size}, {len(card.config.to_dict())} config fields",
-        checkpoint,
-    )
+    return f"strict load into preset {source.size}, model version {card.version}", checkpoint
 
 
 def _onnx(checkpoint: Path, staging: Path, opset: int) -> tuple[str, dict[str, Any]]:
