@@ -97,13 +97,17 @@ class PullResult:
 
 
 def _step(
-    name: str, fn: Callable[[], Any], steps: list[StepResult], echo: Callable[[str], None]
+    name: str,
+    fn: Callable[[], tuple[str, Any]],
+    steps: list[StepResult],
+    echo: Callable[[str], None],
 ) -> Any:
-    """Run one step, print its outcome, and turn any failure into :class:`PullError`."""
+    """Run one step (``fn() -> (what it did, its value)``), print its outcome, and turn any
+    failure into :class:`PullError` naming the step."""
     start = time.perf_counter()
     try:
-        value = fn()
-        status, detail = "ok", value[0] if isinstance(value, tuple) else str(value)
+        detail, value = fn()
+        status = "ok"
     except _Skip as skip:
         value, status, detail = None, "skipped", str(skip)
     except PullError as exc:
@@ -115,7 +119,7 @@ def _step(
         _record(steps, echo, StepResult(name, "failed", time.perf_counter() - start, detail))
         raise PullError(name, detail) from exc
     _record(steps, echo, StepResult(name, status, time.perf_counter() - start, detail))
-    return value[1] if isinstance(value, tuple) else value
+    return value
 
 
 def _record(steps: list[StepResult], echo: Callable[[str], None], result: StepResult) -> None:
@@ -214,13 +218,13 @@ def file_sha256(path: Path) -> str:
 def verify(path: Path) -> str:
     """The file's sha256, checked against the ETag the cache stored it under."""
     etag = path.resolve().name  # the cache names every blob by its ETag (blobs/<etag>)
-    actual = file_sha256(path)
     if len(etag) != SHA256_HEX or any(c not in "0123456789abcdef" for c in etag):
         raise PullError(
             "verify",
             f"{path}: the Hugging Face cache holds no sha256 for it (ETag {etag!r}: not an LFS "
             "file, or symlinks are disabled), so it cannot be verified",
         )
+    actual = file_sha256(path)
     if actual != etag:
         raise PullError(
             "verify",

@@ -169,7 +169,9 @@ def hub_provenance(card: ModelCard) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
-def pulled_from(cards: Iterable[tuple[int, ModelCard]], source: Source, commit: str | None = None):
+def pulled_from(
+    cards: Iterable[tuple[int, ModelCard]], source: Source, commit: str | None = None
+) -> list[tuple[int, ModelCard]]:
     """The versions (number, card) already pulled from ``source``'s file, oldest first.
 
     With ``commit`` only those of that commit; without, a pinned commit in ``source`` decides,

@@ -39,7 +39,7 @@ EXIT_UNAVAILABLE = 3  # export.cli: torch / huggingface_hub missing
 _PROGRESS_ENV = {"TQDM_MININTERVAL": "10"}
 _LINES = re.compile(r"[\r\n]+")
 
-Reload = Callable[[], Awaitable[object]]
+Reload = Callable[[str], Awaitable[object]]  # ServiceState.reload(task)
 
 
 class PullFailedError(RuntimeError):
@@ -164,7 +164,7 @@ class StartupPuller:
                 )
                 continue
             try:
-                await self.reload()
+                await self.reload(source.task)
             except Exception:  # the service keeps what it serves; say why it did not switch
                 logger.exception("%s: pulled version published but the reload failed", source.task)
 

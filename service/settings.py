@@ -91,8 +91,8 @@ class Settings(BaseSettings):
         description="uvicorn worker processes (>1 switches metrics to multiprocess mode).",
     )
     # --- FOCUS_PULL (service/pull.py): released checkpoints pulled into the repository at start
-    pull: str = Field(
-        default="",
+    pull: str | None = Field(
+        default=None,
         description="Comma-separated TASK[:SIZE][@REVISION] (e.g. camouflage:large,salient:large)"
         " pulled from the Hugging Face Hub at start-up by `focus pull` when the repository has "
         "no version of them yet; the demo model serves each task until its pull is published.",
@@ -104,7 +104,9 @@ class Settings(BaseSettings):
 
     @field_validator("pull")
     @classmethod
-    def _check_pull(cls, value: str) -> str:
+    def _check_pull(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             parse_sources(value)
         except SourceError as exc:
@@ -124,7 +126,7 @@ class Settings(BaseSettings):
     @property
     def pull_sources(self) -> tuple[Source, ...]:
         """``FOCUS_PULL`` parsed (validated when the settings are built)."""
-        return parse_sources(self.pull)
+        return parse_sources(self.pull or "")
 
     @property
     def max_delay_s(self) -> float:
