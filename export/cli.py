@@ -499,6 +499,7 @@ def _print_releases() -> None:
 def _cmd_pull(args: argparse.Namespace) -> int:
     import importlib
     import os
+    import signal
 
     from models.tasks import UnknownTaskError
     from models.zoo import SourceError, hub_file, release
@@ -535,6 +536,9 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     from export.pull import PullError, PullOptions, pull
 
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one INFO line per initializer
+    # SIGTERM (a service stopping its pull, docker stop) unwinds like Ctrl-C, so the pull's
+    # scratch folder and the Hub's partial download are removed on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     repository = args.repository or Path(
         os.environ.get("FOCUS_MODEL_REPOSITORY", "model_repository")

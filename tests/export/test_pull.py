@@ -408,3 +408,33 @@ def test_pull_focus_large_from_an_offline_cache(tmp_path_factory: pytest.TempPat
     assert card.provenance["hub"]["released"] is True
     onnx_bytes = (root / "repo" / "camouflage" / "1" / ONNX_FILE).stat().st_size
     assert abs(onnx_bytes - SERVED_BYTES["large"]) < 0.02 * SERVED_BYTES["large"]
+
+
+def test_a_pull_stopped_by_sigterm_leaves_no_trace_in_the_repository(
+    tiny_pth: Path, tmp_path: Path, demo_repository: Path
+) -> None:
+    """What the service does to a pull in progress when it stops (service/pull.py)."""
+    import signal
+
+    before = tree(demo_repository)
+    lay_out_cache(tmp_path / "hf" / "hub", TINY_REPO, TINY_FILE, tiny_pth)
+    env = pull_env(tmp_path / "hf", HF_HUB_OFFLINE="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "focus_cli", "pull", *FROM, "--repository", str(demo_repository)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:  # the export (minutes) starts right after the import
+            lines.append(line)
+            if line.startswith("[     ok] import"):
+                break
+        assert any(p.name.startswith(".pull-") for p in demo_repository.iterdir()), lines
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM
+    assert tree(demo_repository) == before
