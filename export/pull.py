@@ -317,7 +317,8 @@ def _resolve_step(source: Source) -> tuple[str, tuple[str, int | None, bool]]:
 
 def _download_step(source: Source, commit: str, force: bool) -> tuple[str, Path]:
     path = download(source, commit, force)
-    return f"{path} ({_gb(path.stat().st_size)})", path
+    # no paths of this machine: the step details end up in the published pipeline.json
+    return f"{source.filename} in the Hugging Face cache ({_gb(path.stat().st_size)})", path
 
 
 def _verify_step(path: Path) -> tuple[str, str]:

@@ -210,6 +210,8 @@ def test_pull_publishes_a_new_version_recording_where_it_came_from(served_pull) 
         ("onnx", "ok"), ("variants", "skipped"),
     ]  # fmt: skip
     assert report["hub"] == hub
+    text = json.dumps(report)
+    assert str(served_pull.hf_home) not in text and str(repo) not in text  # no machine paths
 
 
 def test_the_published_graph_carries_the_pulled_card(served_pull) -> None:
