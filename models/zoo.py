@@ -4,7 +4,7 @@ Torch-free: the service validates ``FOCUS_PULL`` and ``focus pull --list`` print
 without torch. The reference project (GitHub ``geshang777/FOCUS``, ``MODEL_ZOO.md``) publishes one
 Hub repository per task and backbone, ``geshang/focus_{large,giant}_{cod,sod,sd,dbd,fd}``, each
 holding one detectron2 checkpoint ``focus_<size>_<alias>.pth`` (``{"model": state_dict}`` plus
-the training state: that is why the file is about 3.4x the network's own weights).
+the training state: that is why the file is 2.4x the network's own 2.1 GB).
 
 What was seen on the Hub pages (not downloadable from our machines): ``focus_large_sd.pth``
 5.11 GB at commit ``f0037d4``, ``focus_giant_cod.pth`` 15.4 GB at commit ``50f03f3``,

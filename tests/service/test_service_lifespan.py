@@ -96,6 +96,8 @@ def test_settings_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyP
         "intra_op_threads": 0,
         "log_level": "info",
         "workers": 1,
+        "pull": None,
+        "require_pull": False,
     }
 
 
