@@ -73,6 +73,12 @@ def _register_onnx(sub: Any) -> None:
     p.add_argument(
         "--fp16", action="store_true", help="fp16 weights and compute (float32 inputs/outputs)"
     )
+    p.add_argument(
+        "--external-data",
+        action="store_true",
+        help="weights in <out>.data beside the graph even under protobuf's 2 GB limit "
+        "(automatic above it, e.g. giant)",
+    )
     p.set_defaults(func=_cmd_onnx)
 
 
@@ -93,17 +99,30 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     from export.parity import ParityError
 
     try:
-        result = export_checkpoint(args.checkpoint, args.out, opset=args.opset, fp16=args.fp16)
+        result = export_checkpoint(
+            args.checkpoint,
+            args.out,
+            opset=args.opset,
+            fp16=args.fp16,
+            external_data=True if args.external_data else None,
+        )
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    data = f" + {Path(result['external_data']).name}" if result["external_data"] else ""
     print(
-        f"wrote {result['onnx']} ({result['bytes'] / 1e6:.1f} MB, {result['precision']}) and "
-        f"{Path(result['onnx']).parent / 'focus.json'}"
+        f"wrote {result['onnx']}{data} ({result['bytes'] / 1e6:.1f} MB, {result['precision']}) "
+        f"and {Path(result['onnx']).parent / 'focus.json'}"
     )
+    seconds = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in result["seconds"].items())
+    print(
+        f"export took {result['total_s']:.0f} s ({seconds}); peak RSS "
+        f"{result['peak_rss_bytes'] / 2**30:.1f} GiB"
+    )
+    print(f"parity images: {result['parity_images']}")
     for name, report in result["parity"].items():
         print(
             f"parity {name} vs PyTorch: soft max |diff| {report['soft_max_abs']:.3g}, "

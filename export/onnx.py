@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from export.graph import (
+    initializer_bytes,
     read_card,
     set_card,
     simplify,
@@ -54,6 +56,9 @@ __all__ = [
     "derive_fp16",
     "export_checkpoint",
     "read_card",
+    "data_companion",
+    "install_graph",
+    "parity_plan",
 ]
 
 # protobuf's 2 GiB message limit; above it the weights go to ``<name>.data`` beside the graph
@@ -108,8 +113,40 @@ def trace(model: nn.Module, card: ModelCard, opset: int = 18) -> Any:
     return program.model
 
 
-def _save(model: Any, card: ModelCard, out_path: Path) -> Path:
-    """Set the card, check and write ``model`` (onnx_ir) to ``out_path`` atomically."""
+def uses_external_data(weights_bytes: int, external_data: bool | None) -> bool:
+    """``external_data`` when given, else whether the weights exceed :data:`EXTERNAL_DATA_BYTES`."""
+    return weights_bytes > EXTERNAL_DATA_BYTES if external_data is None else external_data
+
+
+def data_companion(onnx_path: str | Path) -> Path:
+    """``.../model.onnx`` -> ``.../model.onnx.data`` (the contract's external-data file)."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(external_data_file(onnx_path.name))
+
+
+def artefact_bytes(onnx_path: str | Path) -> int:
+    """Size of a graph plus its external data, if it has any."""
+    data = data_companion(onnx_path)
+    return Path(onnx_path).stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
+def install_graph(source: Path, target: Path) -> None:
+    """Move ``source`` (and its ``.data``) to ``target``; a stale ``target.data`` goes.
+
+    The data file moves first, so a reader that sees the new graph finds its weights; the
+    graph names its data file relatively, so ``source`` must already be named like ``target``.
+    """
+    if source.name != target.name and data_companion(source).is_file():
+        raise ValueError(f"{source}: external data is named after {source.name}, not {target.name}")
+    if data_companion(source).is_file():
+        os.replace(data_companion(source), data_companion(target))
+    else:
+        data_companion(target).unlink(missing_ok=True)
+    os.replace(source, target)
+
+
+def _save(model: Any, card: ModelCard, out_path: Path, external_data: bool | None) -> Path:
+    """Set the card, check and write ``model`` (onnx_ir) to ``out_path`` (+ ``.data``)."""
     import onnx
     import onnx_ir as ir
 
@@ -117,49 +154,75 @@ def _save(model: Any, card: ModelCard, out_path: Path) -> Path:
     model.metadata_props[METADATA_KEY] = card.to_json()
     weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
-    data_name = external_data_file(out_path.name)
-    if weights > EXTERNAL_DATA_BYTES:
-        ir.save(model, tmp, external_data=data_name)
+    if uses_external_data(weights, external_data):
+        # Every initializer over 1 KiB goes to ``<name>.data``, written beside ``tmp`` under the
+        # final name (the graph records it relatively); the checker then reads the pair.
+        ir.save(
+            model, tmp, external_data=external_data_file(out_path.name), size_threshold_bytes=1024
+        )
         onnx.checker.check_model(str(tmp), full_check=False)
-        os.replace(tmp.with_name(data_name), out_path.with_name(data_name))
     else:
         proto = ir.serde.serialize_model(model)
         onnx.checker.check_model(proto)
         onnx.save_model(proto, str(tmp))
+        data_companion(out_path).unlink(missing_ok=True)  # a stale pair's weights
     os.replace(tmp, out_path)
     return out_path
 
 
 def export_onnx(
-    model: nn.Module, card: ModelCard, out_path: str | Path, opset: int = 18, fp16: bool = False
+    model: nn.Module,
+    card: ModelCard,
+    out_path: str | Path,
+    opset: int = 18,
+    fp16: bool = False,
+    external_data: bool | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Path:
     """Trace ``model`` with dynamic batch/height/width and write ``out_path``.
 
     With ``fp16`` the written graph has fp16 weights and compute (float32 I/O), derived from
-    the fp32 trace.
+    the fp32 trace. ``external_data``: None = only when the weights exceed protobuf's limit
+    (``giant``), True = always (``out_path`` + ``<name>.data``), False = never. ``timings``,
+    when given, receives the seconds of each stage (trace, simplify, save).
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
     model_ir = trace(model, card, opset)
+    timings["trace_s"] = time.perf_counter() - start
+    start = time.perf_counter()
     simplify(model_ir)
+    timings["simplify_s"] = time.perf_counter() - start
     leaked = training_only_initializers(model_ir.graph.initializers)
     if leaked:
         raise RuntimeError(f"training-only weights reached the ONNX graph: {leaked[:10]}")
+    start = time.perf_counter()
     if fp16:
-        fp32 = out_path.with_name(f".{out_path.stem}.fp32.onnx")
+        scratch = out_path.with_name(f".{out_path.name}.fp32")  # holds the fp32 pair
+        scratch.mkdir(exist_ok=True)
         try:
-            _save(model_ir, card, fp32)
-            derive_fp16(fp32, out_path)
+            fp32 = _save(model_ir, card, scratch / out_path.name, external_data)
+            del model_ir
+            derive_fp16(fp32, out_path, external_data=external_data)
         finally:
-            fp32.unlink(missing_ok=True)
+            shutil.rmtree(scratch, ignore_errors=True)
     else:
-        _save(model_ir, card, out_path)
-    logger.info("wrote %s (%.1f MB)", out_path, out_path.stat().st_size / 1e6)
+        _save(model_ir, card, out_path, external_data)
+    timings["save_s"] = time.perf_counter() - start
+    logger.info("wrote %s (%.1f MB)", out_path, artefact_bytes(out_path) / 1e6)
     return out_path
 
 
-def derive_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
-    """Write the fp16 version (float32 I/O, same metadata) of an exported fp32 graph."""
+def derive_fp16(
+    fp32_path: str | Path, out_path: str | Path, external_data: bool | None = None
+) -> Path:
+    """Write the fp16 version (float32 I/O, same metadata) of an exported fp32 graph.
+
+    ``external_data`` as in :func:`export_onnx` (None: only when the fp16 weights exceed
+    protobuf's limit).
+    """
     import onnx
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -171,11 +234,65 @@ def derive_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
         raise ValueError(f"{fp32_path}: no {METADATA_KEY!r} metadata")
     proto = to_fp16(proto)
     set_card(proto, card)
-    onnx.checker.check_model(proto)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
-    onnx.save_model(proto, str(tmp))
+    if uses_external_data(initializer_bytes(proto), external_data):
+        onnx.save_model(
+            proto,
+            str(tmp),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=external_data_file(out_path.name),
+            size_threshold=1024,
+        )
+        onnx.checker.check_model(str(tmp))
+    else:
+        onnx.checker.check_model(proto)
+        onnx.save_model(proto, str(tmp))
+        data_companion(out_path).unlink(missing_ok=True)
     os.replace(tmp, out_path)
     return out_path
+
+
+# Parity images of ``focus export onnx``: the full set (2 sizes x 4 images, batch 1 and 4) for
+# models up to this many parameters; above it (``large``: 374 M, ``giant``: 1.1 B) one landscape
+# image pair at batch 1 and 2, i.e. 4 forwards per side instead of 16 (minutes, not tens of them,
+# on a 2-core CPU; the batched run still checks that images of one batch stay independent).
+FULL_PARITY_MAX_PARAMS = 150_000_000
+REDUCED_PARITY_IMAGES = 2
+
+
+def parity_plan(model: nn.Module) -> tuple[list[list[Any]] | None, str]:
+    """(parity image groups, or None for the default set; a sentence saying which)."""
+    from export.parity import BATCH, DEFAULT_SIZES, parity_images
+
+    params = sum(p.numel() for p in model.parameters())
+    if params <= FULL_PARITY_MAX_PARAMS:
+        return None, f"{len(DEFAULT_SIZES) * BATCH} images at batch 1 and {BATCH}"
+    group = parity_images(DEFAULT_SIZES[:1])[0][:REDUCED_PARITY_IMAGES]
+    h, w = DEFAULT_SIZES[0]
+    return [group], (
+        f"{len(group)} images ({h}x{w}) at batch 1 and {len(group)}, reduced for a model of "
+        f"{params / 1e6:.0f} M parameters (> {FULL_PARITY_MAX_PARAMS / 1e6:.0f} M)"
+    )
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (Linux: ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _keep_failed(failed: Path, out_path: Path) -> None:
+    """Keep a graph that failed parity as ``<out>.parity-failed`` (a folder for a .data pair)."""
+    kept = out_path.with_name(out_path.name + ".parity-failed")
+    if kept.is_dir():
+        shutil.rmtree(kept)
+    if data_companion(failed).is_file():
+        kept.mkdir()
+        install_graph(failed, kept / out_path.name)
+    else:
+        shutil.move(failed, kept)
 
 
 def export_checkpoint(
@@ -185,58 +302,80 @@ def export_checkpoint(
     opset: int = 18,
     fp16: bool = False,
     parity: bool = True,
+    external_data: bool | None = None,
 ) -> dict[str, Any]:
     """``focus export onnx``: checkpoint directory -> ``out_path`` + ``focus.json`` beside it.
 
     The fp32 graph is checked against PyTorch (soft-mask max |diff| <= 1e-4); with ``fp16``
-    the fp16 graph too (mean |diff| <= 1e-2, binary IoU >= 0.99). On failure the graph is kept
-    as ``<out>.parity-failed`` and :class:`export.parity.ParityError` is raised: nothing that
-    failed parity is ever left where a model repository would pick it up.
+    the fp16 graph too (mean |diff| <= 1e-2, binary IoU >= 0.99), on the images
+    :func:`parity_plan` picks (fewer for big models). On failure the graph is kept as
+    ``<out>.parity-failed`` (a folder holding ``<out name>`` + ``.data`` for an external-data
+    graph) and :class:`export.parity.ParityError` is raised: nothing that failed parity is ever
+    left where a model repository would pick it up. Everything is staged in a hidden folder
+    beside ``out_path`` under the final file name, since an external-data graph names its
+    ``.data`` file relatively.
     """
     from export.parity import FP16, FP32, check_parity, onnxruntime_predictor, torch_predictor
     from models.checkpoint import load_checkpoint
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     model, card = load_checkpoint(checkpoint)
-    staging = out_path.with_name(f".{out_path.stem}.staging.onnx")
-    staging16 = out_path.with_name(f".{out_path.stem}.staging16.onnx")
+    timings: dict[str, float] = {"load_s": time.perf_counter() - started}
+    images, parity_text = parity_plan(model)
+    staging_dir = out_path.with_name(f".{out_path.name}.staging")
+    shutil.rmtree(staging_dir, ignore_errors=True)
+    (staging_dir / "fp16").mkdir(parents=True)
+    staging, staging16 = staging_dir / out_path.name, staging_dir / "fp16" / out_path.name
     reports: dict[str, Any] = {}
     try:
-        export_onnx(model, card, staging, opset=opset)
+        export_onnx(model, card, staging, opset=opset, external_data=external_data, timings=timings)
+        start = time.perf_counter()
         if parity:
             reference = torch_predictor(model)
             reports["fp32"] = check_parity(
-                reference, onnxruntime_predictor(staging), card, FP32, what=f"{out_path} (fp32)"
+                reference,
+                onnxruntime_predictor(staging),
+                card,
+                FP32,
+                images,
+                what=f"{out_path} (fp32)",
             ).to_dict()
         final = staging
         if fp16:
-            derive_fp16(staging, staging16)
+            derive_fp16(staging, staging16, external_data=external_data)
             if parity:
                 reports["fp16"] = check_parity(
                     reference,
                     onnxruntime_predictor(staging16),
                     card,
                     FP16,
+                    images,
                     what=f"{out_path} (fp16)",
                 ).to_dict()
             final = staging16
+        timings["parity_s"] = time.perf_counter() - start
+        install_graph(final, out_path)
     except BaseException as exc:
         failed = staging16 if staging16.is_file() else staging
         if isinstance(exc, AssertionError) and failed.is_file():  # ParityError: keep for study
-            shutil.move(failed, out_path.with_name(out_path.name + ".parity-failed"))
-        for path in (staging16, staging):
-            path.unlink(missing_ok=True)
+            _keep_failed(failed, out_path)
         raise
-    os.replace(final, out_path)
-    if final != staging:
-        staging.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)
     card.save(out_path.parent)
-    size = out_path.stat().st_size
+    data = data_companion(out_path)
+    size = artefact_bytes(out_path)
     logger.info("wrote %s (%.1f MB) and %s", out_path, size / 1e6, out_path.parent / CARD_FILE)
     return {
         "onnx": str(out_path),
+        "external_data": str(data) if data.is_file() else None,
         "bytes": size,
         "precision": "fp16" if fp16 else "fp32",
         "parity": reports,
+        "parity_images": parity_text if parity else "skipped",
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "total_s": round(time.perf_counter() - started, 1),
+        "peak_rss_bytes": peak_rss_bytes(),
     }

@@ -7,7 +7,10 @@ For the served version ``V`` of every task of ``SRC`` this writes the network mo
 ``DIR/<task>/config.pbtxt`` with ``V/model.onnx`` (or ``V/model.plan``) and a copy of
 ``focus.json``, plus the ensemble that takes encoded image bytes and returns the PNG mask
 (``<task>_preprocess`` -> ``<task>`` -> ``<task>_postprocess`` as ``<task>_ensemble``; see
-``export.triton_ensemble``), so a Triton client needs none of our code.
+``export.triton_ensemble``), so a Triton client needs none of our code. A graph with external
+data (over 2 GB, or exported with ``--external-data``) travels with its weights,
+``V/model.onnx.data``, which ONNX Runtime (Triton's backend or the Python model) reads beside
+the graph.
 
 The network config follows the ONNX contract: inputs ``image``/``edges`` and outputs
 ``class_probs``/``mask_logits`` without the batch dimension (``-1`` for the dynamic H and W),
@@ -49,6 +52,7 @@ from models.contract import (
     EngineSidecar,
     SidecarError,
     engine_sidecar_path,
+    external_data_file,
 )
 from models.repository import ModelEntry, scan_repository
 
@@ -172,6 +176,9 @@ def _write_network(out: Path, entry: ModelEntry, options: TritonOptions, max_bat
     if options.model_backend == "python-onnxruntime":
         write_python_model(version_dir, ONNXRUNTIME_SOURCE)
     shutil.copyfile(entry.path(artefact), version_dir / target_name)
+    data = entry.path(external_data_file(artefact))
+    if artefact == ONNX_FILE and data.is_file():  # > 2 GB: the weights travel beside the graph
+        shutil.copyfile(data, version_dir / external_data_file(target_name))
     shutil.copyfile(entry.path(CARD_FILE), model_dir / CARD_FILE)
     (model_dir / "config.pbtxt").write_text(
         config_pbtxt(entry.task, entry.card, options, max_batch), encoding="utf-8"

@@ -247,3 +247,166 @@ def test_export_checkpoint_writes_focus_json_beside_and_keeps_failures_aside(
     assert not out.exists() and (tmp_path / "bad" / "model.onnx.parity-failed").is_file()
     assert not (tmp_path / "bad" / "focus.json").exists()
     shutil.rmtree(tmp_path / "bad")
+
+
+# ----------------------------------------------------------------------------- external data
+
+
+def _external_locations(path: Path) -> set[str]:
+    proto = onnx.load(str(path), load_external_data=False)
+    return {
+        entry.value
+        for init in proto.graph.initializer
+        if init.data_location == TensorProto.EXTERNAL
+        for entry in init.external_data
+        if entry.key == "location"
+    }
+
+
+def test_forced_external_data_export_is_a_pair_every_loader_reads(
+    tiny_pipeline: TinyPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """``--external-data`` on the tiny model: the > 2 GB path of ``large``/``giant`` (issue 17)."""
+    import onnx_ir as ir
+
+    import export.onnx as export_onnx_module
+    from export.triton import write_triton_repository
+    from models.repository import publish_version, scan_repository
+    from models.runtime.onnxruntime import OnnxRuntimePredictor
+
+    monkeypatch.setattr(export_onnx_module, "trace", lambda *a, **k: ir.load(tiny_pipeline.onnx))
+    out = tmp_path / "out" / "model.onnx"
+    with torch_threads(1):
+        rc = main(
+            [
+                "export",
+                "onnx",
+                "--checkpoint",
+                str(tiny_pipeline.entry),
+                "--out",
+                str(out),
+                "--external-data",
+            ]
+        )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out} + model.onnx.data (" in printed
+    assert "parity images: 8 images at batch 1 and 4\n" in printed
+    assert re.search(r"export took \d+ s \(load \d+ s, trace \d+ s, .*peak RSS \d", printed)
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "focus.json",
+        "model.onnx",
+        "model.onnx.data",
+    ]
+    data = out.with_name("model.onnx.data")
+    assert _external_locations(out) == {"model.onnx.data"}
+    assert out.stat().st_size < 0.1 * data.stat().st_size  # the weights are in the .data file
+    assert read_card(out) == ModelCard.load(tiny_pipeline.entry)
+
+    # ONNX Runtime, through the repository and the Triton writer's copy, computes what the
+    # in-file graph computes.
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((1, 3, 128, 160), dtype=np.float32)
+    edges = rng.random((1, 3, 128, 160), dtype=np.float32)
+    expected = OnnxRuntimePredictor(tiny_pipeline.onnx).infer(image, edges)
+    entry = publish_version(tmp_path / "repo", out.parent)
+    assert entry.artefacts == ("model.onnx",)
+    assert sorted(p.name for p in entry.directory.iterdir()) == [
+        "focus.json",
+        "model.onnx",
+        "model.onnx.data",
+    ]
+    assert scan_repository(tmp_path / "repo")["salient"].directory == entry.directory
+    written = write_triton_repository(tmp_path / "repo", tmp_path / "triton")
+    triton_version = written[0] / str(entry.version)
+    assert sorted(p.name for p in triton_version.iterdir()) == ["model.onnx", "model.onnx.data"]
+    for path in (out, entry.path("model.onnx"), triton_version / "model.onnx"):
+        got = OnnxRuntimePredictor(path).infer(image, edges)
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    # Without its weights the graph does not load (nothing silently reads zeros).
+    data.unlink()
+    with pytest.raises(Exception, match=r"model\.onnx\.data"):
+        OnnxRuntimePredictor(out)
+
+
+def test_openvino_reads_the_external_data_pair(tiny_pipeline: TinyPipeline, tmp_path: Path) -> None:
+    ov = pytest.importorskip("openvino", reason="openvino is not installed")
+    from export.onnx import install_graph
+
+    out = tmp_path / "model.onnx"
+    proto = onnx.load(str(tiny_pipeline.onnx))
+    onnx.save_model(
+        proto, str(out), save_as_external_data=True, location="model.onnx.data", size_threshold=0
+    )
+    assert _external_locations(out) == {"model.onnx.data"}
+    moved = tmp_path / "elsewhere" / "model.onnx"
+    moved.parent.mkdir()
+    install_graph(out, moved)  # the pair moves together
+    assert sorted(p.name for p in moved.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    rng = np.random.default_rng(1)
+    image = rng.standard_normal((1, 3, 96, 128), dtype=np.float32)
+    edges = rng.random((1, 3, 96, 128), dtype=np.float32)
+    compiled = ov.Core().compile_model(str(moved), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = compiled({"image": image, "edges": edges})
+    expected = onnxruntime_predictor(tiny_pipeline.onnx, threads=1).infer(image, edges)
+    np.testing.assert_allclose(got["mask_logits"], expected[1], atol=1e-3)
+    np.testing.assert_allclose(got["class_probs"], expected[0], atol=1e-4)
+
+
+def test_an_external_data_graph_that_fails_parity_is_kept_as_a_folder(
+    tiny_pipeline: TinyPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx_ir as ir
+
+    import export.onnx as export_onnx_module
+
+    proto = onnx.load(str(tiny_pipeline.onnx))
+    for init in proto.graph.initializer:
+        if init.name.endswith("class_embed.bias"):
+            shift = np.array([2.0, -2.0, 0.0], np.float32)
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + shift, init.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    monkeypatch.setattr(export_onnx_module, "trace", lambda *a, **k: ir.load(broken))
+    out = tmp_path / "bad" / "model.onnx"
+    with torch_threads(1), pytest.raises(ParityError):
+        export_onnx_module.export_checkpoint(tiny_pipeline.entry, out, external_data=True)
+    kept = tmp_path / "bad" / "model.onnx.parity-failed"
+    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == ["model.onnx.parity-failed"]
+    assert sorted(p.name for p in kept.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert _external_locations(kept / "model.onnx") == {"model.onnx.data"}
+
+
+def test_big_models_get_a_smaller_stated_parity_set() -> None:
+    from torch import nn
+
+    from export.onnx import FULL_PARITY_MAX_PARAMS, parity_plan
+
+    small = nn.Linear(10, 10)
+    assert parity_plan(small) == (None, "8 images at batch 1 and 4")
+    big = nn.Linear(20_000, 8_000, device="meta")  # 160 M parameters, no memory
+    assert sum(p.numel() for p in big.parameters()) > FULL_PARITY_MAX_PARAMS
+    images, text = parity_plan(big)
+    assert text == (
+        "2 images (300x410) at batch 1 and 2, reduced for a model of 160 M parameters (> 150 M)"
+    )
+    assert len(images) == 1 and [i.shape for i in images[0]] == [(300, 410, 3)] * 2
+
+
+def test_nodes_are_named_after_the_module_that_made_them(proto: onnx.ModelProto) -> None:
+    """Per-module profiles (ONNX Runtime, OpenVINO) read the module from the node name."""
+    from export.graph import node_module
+
+    modules = [node_module(n.name) for n in proto.graph.node]
+    assert sum(bool(m) for m in modules) >= 0.9 * len(modules)
+    initializers = {i.name for i in proto.graph.initializer}
+    checked = 0
+    for node in proto.graph.node:
+        weights = [i for i in node.input if i in initializers and i.endswith(".weight")]
+        if node.op_type in ("Conv", "LayerNormalization") and weights:
+            assert node_module(node.name) == weights[0].removesuffix(".weight"), node.name
+            checked += 1
+    assert checked >= 40  # the tiny model's convolutions and layer norms
+    assert {m.split(".")[0] for m in modules if m} == {"backbone", "sem_seg_head"}
