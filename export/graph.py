@@ -61,13 +61,15 @@ def _graphs(graph: Any) -> Iterator[Any]:
 
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"  # the dynamo exporter's per-node module path
 SCOPE_SEPARATOR = "/"
+WRAPPER_PREFIX = "model."  # export.onnx.OnnxWrapper holds the network as ``.model``
 
 
 def name_nodes_by_module(model: Any) -> int:
     """Prefix each node's name with the path of the module that emitted it; returns how many.
 
-    The exporter records the module stack of every node in its metadata (``['', 'backbone',
-    'backbone.blocks.3', 'backbone.blocks.3.attn', 'linear_12']``: the last entry is the op).
+    The exporter records the module stack of every node in its metadata (``['', 'model',
+    'model.backbone', ..., 'model.backbone.blocks.3.attn', 'linear_12']``: the last entry is
+    the op, and the wrapper's ``model.`` is dropped).
     Names survive into ONNX Runtime's profile and OpenVINO's per-layer counters, which is what
     a per-module profile needs once the metadata is gone.
     """
@@ -77,7 +79,8 @@ def name_nodes_by_module(model: Any) -> int:
         if not text or SCOPE_SEPARATOR in (node.name or ""):
             continue
         scopes = [s.strip(" '\"") for s in text.strip("[]").split(",")]
-        modules = [s for s in scopes[:-1] if s]
+        modules = [s.removeprefix(WRAPPER_PREFIX) for s in scopes[:-1] if s]
+        modules = [s for s in modules if s and s != WRAPPER_PREFIX.rstrip(".")]
         if modules:
             node.name = f"{modules[-1]}{SCOPE_SEPARATOR}{node.name}"
             renamed += 1
