@@ -88,9 +88,14 @@ def name_nodes_by_module(model: Any) -> int:
 
 
 def node_module(node_name: str) -> str:
-    """``backbone.blocks.3.attn/node_matmul_12`` -> ``backbone.blocks.3.attn`` ('' if none)."""
-    head, sep, _ = node_name.rpartition(SCOPE_SEPARATOR)
-    return head if sep else ""
+    """``backbone.blocks.3.attn/node_matmul_12`` -> ``backbone.blocks.3.attn`` ('' if none).
+
+    Split at the first separator: runtimes append their own suffixes to fused or decomposed
+    nodes (OpenVINO: ``.../node_linear_12/WithoutBiases``); exporter node names (``node_*``)
+    never contain one.
+    """
+    head, sep, _ = node_name.partition(SCOPE_SEPARATOR)
+    return head if sep and not head.startswith("node_") else ""
 
 
 def simplify(model: Any) -> None:
