@@ -35,26 +35,48 @@ def ms_deform_attn_core(
     Returns:
         [N, Lq, M * D]
     """
+    grids = [_level_grid(sampling_locations[:, :, :, level]) for level in range(len(shapes))]
+    return sample_levels(value, shapes, grids, attention_weights)
+
+
+def _level_grid(locations: Tensor) -> Tensor:
+    """[N, Lq, M, P, 2] locations in [0, 1] -> [N*M, P, Lq, 2] grid_sample grid in [-1, 1]."""
+    return (2 * locations - 1).permute(0, 2, 3, 1, 4).flatten(0, 1)
+
+
+def sample_levels(value: Tensor, shapes: Shapes, grids: list[Tensor], weights: Tensor) -> Tensor:
+    """The sampling and the weighted sum of :func:`ms_deform_attn_core`, one level at a time.
+
+    The same function as the reference's ``ms_deform_attn_core_pytorch`` up to float rounding
+    of the sum, laid out for the exported graph: each level's samples come out as
+    [N*M, D, P, Lq] (points on a middle axis, so the weighted sum over them is a strided
+    reduction over whole rows rather than a 4-wide innermost one) and are reduced and added
+    level by level, instead of stacking every level's samples into one [N*M, D, Lq, L*P]
+    tensor first (that stack was as costly as the sampling in ONNX Runtime and OpenVINO).
+
+    Args:
+        value: [N, S, M, D].
+        shapes: per level (H_l, W_l).
+        grids: per level [N*M, P, Lq, 2] in [-1, 1] (:func:`_level_grid`).
+        weights: [N, Lq, M, L, P].
+    """
     n, _, m, d = value.shape
-    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
+    lq = weights.shape[1]
     value_list = value.split([h * w for h, w in shapes], dim=1)
-    grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
-    sampled = []
+    # [N, Lq, M, L, P] -> [N*M, L, 1, P, Lq]
+    weights = weights.permute(0, 2, 3, 4, 1).flatten(0, 1).unsqueeze(2)
+    out: Tensor | None = None
     for level, (h, w) in enumerate(shapes):
         # [N, H*W, M, D] -> [N*M, D, H, W]
         value_l = value_list[level].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
-        # [N, Lq, M, P, 2] -> [N*M, Lq, P, 2]
-        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        # [N*M, D, Lq, P]
-        sampled.append(
-            F.grid_sample(
-                value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False
-            )
+        # [N*M, D, P, Lq]
+        sampled = F.grid_sample(
+            value_l, grids[level], mode="bilinear", padding_mode="zeros", align_corners=False
         )
-    # [N, Lq, M, L, P] -> [N*M, 1, Lq, L*P]
-    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels * num_points)
-    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(n, m * d, lq)
-    return out.transpose(1, 2).contiguous()
+        part = (sampled * weights[:, level]).sum(2)  # [N*M, D, Lq]
+        out = part if out is None else out + part
+    assert out is not None  # at least one level
+    return out.view(n, m * d, lq).transpose(1, 2).contiguous()
 
 
 def reference_points(shapes: Shapes, device: torch.device) -> Tensor:
@@ -143,14 +165,13 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(n, lq, heads, levels * points)
         weights = F.softmax(weights, -1).view(n, lq, heads, levels, points)
         # Offsets are in cells of each level: divide x by W_l and y by H_l. Done per level with
-        # Python-int (or symbolic) sizes so the exported graph keeps them dynamic.
-        per_level = []
+        # Python-int (or symbolic) sizes so the exported graph keeps them dynamic; each level's
+        # grid goes straight to the sampling (no [N, Lq, M, L, P, 2] stack in between).
+        grids = []
         for level, (h, w) in enumerate(shapes):
             ref = ref_points[:, :, None, min(level, ref_points.shape[2] - 1), None, :]
             off = offsets[:, :, :, level]
-            per_level.append(
-                torch.stack((ref[..., 0] + off[..., 0] / w, ref[..., 1] + off[..., 1] / h), -1)
-            )
-        locations = torch.stack(per_level, 3)  # [N, Lq, M, L, P, 2]
-        out = ms_deform_attn_core(value, shapes, locations, weights)
+            loc = torch.stack((ref[..., 0] + off[..., 0] / w, ref[..., 1] + off[..., 1] / h), -1)
+            grids.append(_level_grid(loc))  # [N*M, P, Lq, 2]
+        out = sample_levels(value, shapes, grids, weights)
         return self.output_proj(out)
