@@ -21,10 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.build import build_focus  # noqa: E402
-from models.checkpoint import load_state_dict_strict  # noqa: E402
 from models.config import get_preset  # noqa: E402
 from models.official import convert_official_state_dict, read_official_file  # noqa: E402
 from models.processing import postprocess, preprocess  # noqa: E402
+from models.weights import load_strict  # noqa: E402
 
 
 def main() -> int:
@@ -38,7 +38,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = build_focus(get_preset(args.preset))
-    load_state_dict_strict(
+    load_strict(
         model, convert_official_state_dict(read_official_file(args.checkpoint)), args.checkpoint
     )
     model.eval()
