@@ -272,20 +272,31 @@ def torch_rows(model: Any, threads: int) -> dict[str, Callable]:
     return {"pytorch fp32": fp32, "pytorch bf16": bf16}
 
 
-def openvino_compile(path: Path, precision: str, threads: int, cache: Path, perf: bool) -> Any:
+_CORE: list[Any] = []  # one ov.Core for the process: compiled models must not outlive theirs
+
+
+def openvino_core() -> Any:
     import openvino as ov
 
+    if not _CORE:
+        _CORE.append(ov.Core())
+    return _CORE[0]
+
+
+def openvino_compile(path: Path, precision: str, threads: int, cache: Path, perf: bool) -> Any:
     config = {
         "INFERENCE_PRECISION_HINT": precision,
         "INFERENCE_NUM_THREADS": threads,
         "NUM_STREAMS": 1,
         "PERFORMANCE_HINT": "LATENCY",
-        "CACHE_DIR": str(cache),
+        # One cache folder per precision: OpenVINO 2026.4 segfaults on the first inference of
+        # the second of two models compiled from one graph into one shared CACHE_DIR.
+        "CACHE_DIR": str(cache / f"{path.stem}-{precision}"),
     }
     if perf:
         config["PERF_COUNT"] = True
         config.pop("CACHE_DIR")
-    return ov.Core().compile_model(str(path), "CPU", config)
+    return openvino_core().compile_model(str(path), "CPU", config)
 
 
 def openvino_int8(art: Artefacts, scope: str, calibration: list[Sample]) -> Path:
@@ -301,7 +312,7 @@ def openvino_int8(art: Artefacts, scope: str, calibration: list[Sample]) -> Path
     if out.is_file():
         return out
     start = time.perf_counter()
-    model = ov.Core().read_model(str(art.onnx))
+    model = openvino_core().read_model(str(art.onnx))
     outside = [
         op.get_friendly_name()
         for op in model.get_ordered_ops()
