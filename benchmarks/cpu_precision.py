@@ -576,6 +576,7 @@ def run_preset(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "art": art,
         "rows": all_rows,
         "gflop": flops,
+        "shape": f"{timed.image.shape[2]}x{timed.image.shape[3]}",
         "profiles": profiles,
         "trained": False,
     }
@@ -600,7 +601,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> float | None:
     torch_ms = by["pytorch fp32"].median * 1e3
     preset, trained = result["preset"], result["trained"]
     print(
-        f"\n### {preset} (512x512, batch 1, {args.threads} threads; weights: "
+        f"\n### {preset} ({result['shape']}, batch 1, {args.threads} threads; weights: "
         f"{result['art'].weights})\n"
     )
     for note in result["art"].notes:

@@ -122,6 +122,7 @@ def onnxruntime_profile(
     profile = Path(session.end_profiling())
     events = json.loads(profile.read_text())
     profile.unlink()
+    by_output = _modules_by_output(onnx_path)
     runs = [e for e in events if e.get("name") == "model_run"]
     last_start = runs[-1]["ts"] if runs else 0
     times: dict[str, float] = defaultdict(float)
@@ -131,8 +132,20 @@ def onnxruntime_profile(
         if e["ts"] < last_start:
             continue
         node = e["name"][: -len("_kernel_time")]
-        times[node_module(node)] += e["dur"] / 1e6
+        # ONNX Runtime's NCHWc layout pass names its convolutions after their output tensor.
+        module = node_module(node) or by_output.get(node.removesuffix("_nchwc"), "")
+        times[module] += e["dur"] / 1e6
     return _sum_by_stage(times)
+
+
+def _modules_by_output(onnx_path: Path) -> dict[str, str]:
+    """Output tensor name -> module path of the node that makes it (graph only, no weights)."""
+    import onnx
+
+    from export.graph import node_module
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return {out: node_module(n.name) for n in graph.node for out in n.output}
 
 
 # ----------------------------------------------------------------------------- OpenVINO
