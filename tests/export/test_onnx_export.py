@@ -317,8 +317,8 @@ def test_forced_external_data_export_is_a_pair_every_loader_reads(
         "model.onnx.data",
     ]
     assert scan_repository(tmp_path / "repo")["salient"].directory == entry.directory
-    written = write_triton_repository(tmp_path / "repo", tmp_path / "triton")
-    triton_version = written[0] / str(entry.version)
+    write_triton_repository(tmp_path / "repo", tmp_path / "triton")
+    triton_version = tmp_path / "triton" / "salient" / str(entry.version)  # the network model
     assert sorted(p.name for p in triton_version.iterdir()) == ["model.onnx", "model.onnx.data"]
     for path in (out, entry.path("model.onnx"), triton_version / "model.onnx"):
         got = OnnxRuntimePredictor(path).infer(image, edges)
