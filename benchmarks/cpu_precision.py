@@ -220,7 +220,9 @@ class Sample:
 
 
 def samples(card: Any, count: int, size: int) -> list[Sample]:
-    """``count`` synthetic task scenes at ``size`` x ``size`` through the shared pre-processing."""
+    """``count`` synthetic task scenes, resized to ``size`` x ``size``, pre-processed."""
+    import cv2
+
     from models.processing import preprocess_with_card
     from models.synth import sample
 
@@ -228,6 +230,7 @@ def samples(card: Any, count: int, size: int) -> list[Sample]:
     tasks = ("salient", "camouflage", "shadow", "defocus", "forgery")
     for i in range(count):
         rgb, _ = sample(tasks[i % len(tasks)], index=i, seed=0, size=size)
+        rgb = np.ascontiguousarray(cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA))
         p = preprocess_with_card(rgb, card)
         out.append(Sample(rgb, p, p.image[None].astype(np.float32), p.edges[None]))
     return out
