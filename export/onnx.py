@@ -254,9 +254,10 @@ def derive_fp16(
 
 
 # Parity images of ``focus export onnx``: the full set (2 sizes x 4 images, batch 1 and 4) for
-# models up to this many parameters; above it (``large``: 374 M, ``giant``: 1.1 B) one landscape
-# image pair at batch 1 and 2, i.e. 4 forwards per side instead of 16 (minutes, not tens of them,
-# on a 2-core CPU; the batched run still checks that images of one batch stay independent).
+# models up to this many inference parameters (``small``: 71 M, ``base``); above it (``large``:
+# 374 M, ``giant``: 1.1 B) one landscape image pair at batch 1 and 2, i.e. 4 forwards per side
+# instead of 16 (minutes, not tens of them, on a 2-core CPU; the batched run still checks that
+# images of one batch stay independent).
 FULL_PARITY_MAX_PARAMS = 150_000_000
 REDUCED_PARITY_IMAGES = 2
 
@@ -265,14 +266,16 @@ def parity_plan(model: nn.Module) -> tuple[list[list[Any]] | None, str]:
     """(parity image groups, or None for the default set; a sentence saying which)."""
     from export.parity import BATCH, DEFAULT_SIZES, parity_images
 
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(  # what the graph computes with: the training-only CLIP refiner excluded
+        p.numel() for n, p in model.named_parameters() if not training_only_initializers([n])
+    )
     if params <= FULL_PARITY_MAX_PARAMS:
         return None, f"{len(DEFAULT_SIZES) * BATCH} images at batch 1 and {BATCH}"
     group = parity_images(DEFAULT_SIZES[:1])[0][:REDUCED_PARITY_IMAGES]
     h, w = DEFAULT_SIZES[0]
     return [group], (
         f"{len(group)} images ({h}x{w}) at batch 1 and {len(group)}, reduced for a model of "
-        f"{params / 1e6:.0f} M parameters (> {FULL_PARITY_MAX_PARAMS / 1e6:.0f} M)"
+        f"{params / 1e6:.0f} M inference parameters (> {FULL_PARITY_MAX_PARAMS / 1e6:.0f} M)"
     )
 
 

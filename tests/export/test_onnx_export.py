@@ -390,8 +390,13 @@ def test_big_models_get_a_smaller_stated_parity_set() -> None:
     assert sum(p.numel() for p in big.parameters()) > FULL_PARITY_MAX_PARAMS
     images, text = parity_plan(big)
     assert text == (
-        "2 images (300x410) at batch 1 and 2, reduced for a model of 160 M parameters (> 150 M)"
+        "2 images (300x410) at batch 1 and 2, reduced for a model of 160 M inference parameters"
+        " (> 150 M)"
     )
+    # Training-only weights (the CLIP refiner) do not count: they are not in the graph.
+    clip = nn.Module()
+    clip.clip_refiner = nn.Linear(20_000, 8_000, device="meta")
+    assert parity_plan(clip) == (None, "8 images at batch 1 and 4")
     assert len(images) == 1 and [i.shape for i in images[0]] == [(300, 410, 3)] * 2
 
 
