@@ -516,7 +516,7 @@ def profile_rows(
     feeds = {"image": sample.image, "edges": sample.edges}
     profiles: dict[str, dict[str, float]] = {}
     for row in rows:
-        if row.run is None:
+        if row.run is None or (args.profile_rows and row.name not in args.profile_rows):
             continue
         if row.name == "pytorch fp32":
             with torch.inference_mode():
@@ -699,7 +699,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed rounds (1); every row has already run once per accuracy image",
+    )
     p.add_argument("--size", type=int, default=512, help="square input side (512)")
     p.add_argument("--accuracy-images", type=int, default=3)
     p.add_argument("--calibration", type=int, default=8, help="NNCF calibration images (8)")
@@ -726,6 +731,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"regex of module paths NNCF quantizes (default {VIT_SCOPE!r})",
     )
     p.add_argument("--profile", action="store_true", help="also print per-module profiles")
+    p.add_argument(
+        "--profile-rows", nargs="+", default=None, metavar="ROW", help="rows to profile (all)"
+    )
     p.add_argument("--build-artefacts", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if "pytorch fp32" not in args.rows:
