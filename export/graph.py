@@ -80,7 +80,8 @@ def name_nodes_by_module(model: Any) -> int:
             continue
         scopes = [s.strip(" '\"") for s in text.strip("[]").split(",")]
         modules = [s.removeprefix(WRAPPER_PREFIX) for s in scopes[:-1] if s]
-        modules = [s for s in modules if s and s != WRAPPER_PREFIX.rstrip(".")]
+        # '_empty_nn_module_stack_from_metadata_hook' and the like are the exporter's, not ours
+        modules = [s for s in modules if s and s != WRAPPER_PREFIX.rstrip(".") and s[0] != "_"]
         if modules:
             node.name = f"{modules[-1]}{SCOPE_SEPARATOR}{node.name}"
             renamed += 1
