@@ -17,8 +17,10 @@ interleaved in one run (one call of every row per round, ``--warmup`` rounds dro
 * ``openvino f32`` / ``openvino bf16`` (inference-precision hint on the same ``model.onnx``),
   ``openvino int8`` (NNCF post-training quantization, ``--ov-int8-scope``; bf16 elsewhere).
 
-Weights: the reference harness's seeded random weights imported strictly (``models.official``)
-when ``--reference-scratch`` holds ``official_<S|L>_random.pth``, else seed 0. Columns: median ms,
+The cache is keyed by a hash of ``models/`` and ``export/``: artefacts exported from other
+sources are re-made. Weights: the reference harness's seeded random weights imported strictly
+(``models.official``) when ``--reference-scratch`` holds ``official_<S|L>_random.pth``, else
+seed 0. Columns: median ms,
 GFLOP/s (torch's flop count of the forward / time), speed-up vs reference fp32, and vs our
 PyTorch fp32 on ``--accuracy-images`` images: soft-mask max and mean |diff| and binary-mask IoU.
 A row is *gated* when its soft mean |diff| <= 0.01 (and, on trained weights, IoU >= 0.99; with
@@ -153,6 +155,7 @@ def prepare(preset: str, cache: Path, scratch: Path | None) -> Artefacts:
             model = build_focus(get_preset(preset)).eval()
             save_checkpoint(model, make_card("camouflage", preset), checkpoint)
     onnx_path = directory / "model.onnx"
+    _drop_stale(directory)
     if not onnx_path.is_file():
         print(f"[{preset}] focus export onnx -> {onnx_path} (once; cached) ...", flush=True)
         log = directory / "export.log"
@@ -170,6 +173,38 @@ def prepare(preset: str, cache: Path, scratch: Path | None) -> Artefacts:
     if built.is_file():
         art.notes += built.read_text().splitlines()
     return art
+
+
+DERIVED = ("model.onnx", "model.onnx.data", "model.int8.onnx", "model.int8-vit.onnx",
+           "openvino_int8", "openvino_cache", "export.log", "build.log")  # fmt: skip
+
+
+def _source_key() -> str:
+    """Hash of the code the exported graph depends on (models/, export/)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for package in ("models", "export"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            digest.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _drop_stale(directory: Path) -> None:
+    """Remove exported artefacts made from other sources than this checkout's (keep weights)."""
+    import shutil
+
+    key_file, key = directory / "source.key", _source_key()
+    if key_file.is_file() and key_file.read_text().strip() == key:
+        return
+    for name in DERIVED:
+        path = directory / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key + "\n")
 
 
 def _note(art: Artefacts, text: str) -> None:
