@@ -21,7 +21,7 @@ from typing import Any
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 FORMATS = ("png", "json", "rgba", "overlay")
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 
 
 def _unit_float(text: str) -> float:
@@ -68,6 +68,11 @@ def register(subparsers: Any) -> None:
     )
     segment.add_argument("--threshold", type=_unit_float, help="binarise the mask at this value")
     segment.add_argument("--backend", choices=BACKENDS, help="inference backend (FOCUS_BACKEND)")
+    segment.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16", "int8"),
+        help="precision variant (FOCUS_PRECISION); a variant's accuracy gate must have passed",
+    )
     segment.add_argument("--device", choices=("cpu", "cuda"), help="device (FOCUS_DEVICE)")
     segment.add_argument(
         "--model-repository", type=Path, help="model repository (FOCUS_MODEL_REPOSITORY)"
@@ -150,13 +155,15 @@ def _output_path(output: Path, relative: Path, fmt: str, taken: set[Path]) -> Pa
 
 def run_segment(args: argparse.Namespace) -> int:
     args.command_name = "segment"
-    settings = _settings(args, ("backend", "device", "model_repository"))
+    settings = _settings(args, ("backend", "precision", "device", "model_repository"))
     _configure_logging("warning")
     from tqdm import tqdm
 
+    from models.contract import BackendUnavailableError
+    from models.precision import GateRefusedError
     from models.repository import RepositoryError, scan_repository
     from models.tasks import UnknownTaskError, canonical_task
-    from service.backends.factory import create_backend
+    from service.backends.factory import create_backend_from_settings
     from service.imaging import ImageDecodeError, ImageTooLargeError
     from service.pipeline import (
         compute_mask,
@@ -193,14 +200,11 @@ def run_segment(args: argparse.Namespace) -> int:
         return 2
 
     limit_library_threads()
-    backend = create_backend(
-        entries[task],
-        backend=settings.backend,
-        device=settings.device,
-        require_gpu=settings.require_gpu,
-        intra_op_threads=settings.intra_op_threads,
-        engine_cache=settings.engine_cache,
-    )
+    try:
+        backend = create_backend_from_settings(entries[task], settings)
+    except (BackendUnavailableError, GateRefusedError) as exc:
+        print(f"focus segment: {exc}", file=sys.stderr)
+        return 2
     fmt, threshold = args.format, args.threshold
     failures = 0
     taken: set[Path] = set()

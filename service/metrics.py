@@ -12,7 +12,8 @@ focus_compute_duration_seconds{task,backend} histogram one backend call (a whole
 focus_batch_size{task}                      histogram  images per backend call, power-of-2 buckets
 focus_queue_depth{task}                     gauge      requests waiting in the batcher
 focus_inflight_requests                     gauge      /segment requests being handled
-focus_model_info{task,backend,preset,version} gauge    1 per served model
+focus_model_info{task,backend,preset,version,precision} gauge 1 per served model (precision:
+                                                       fp32, bf16, fp16 or int8; see /tasks' gate)
 focus_preprocess_duration_seconds{task}     histogram  decode + resize + normalise + edge map
 focus_postprocess_duration_seconds{task}    histogram  mask at original size + encoding
 focus_dropped_requests_total{task,reason}   counter    requests never computed: cancelled (client
@@ -139,7 +140,7 @@ class Metrics:
         self.model_info = Gauge(
             "focus_model_info",
             "Served models (value 1).",
-            ("task", "backend", "preset", "version"),
+            ("task", "backend", "preset", "version", "precision"),
             multiprocess_mode="max",
             registry=r,
         )

@@ -142,6 +142,7 @@ def json_result(
             version=card.version,
             backend=backend.name,
             device=backend.device,
+            precision=backend.precision,
         ),
         timing=timing,
     )

@@ -11,6 +11,16 @@ class ModelInfo(BaseModel):
     version: str = Field(examples=["1"])
     backend: str = Field(examples=["onnxruntime"])
     device: str = Field(examples=["cpu"])
+    precision: str = Field(
+        default="fp32", examples=["bf16"], description="fp32, bf16, fp16 or int8"
+    )
+    gate: str = Field(
+        default="",
+        description="the precision variant's accuracy gate vs fp32 (from focus.json), in words",
+    )
+    selection: str = Field(
+        default="", description="FOCUS_BACKEND=auto: why this backend and precision were chosen"
+    )
 
 
 class BoundingBox(BaseModel):

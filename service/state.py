@@ -22,7 +22,7 @@ from models.processing import preprocess_with_card
 from models.repository import ModelEntry, scan_repository
 from models.tasks import UnknownTaskError, canonical_task
 from service.backends.base import Backend
-from service.backends.factory import create_backend
+from service.backends.factory import create_backend_from_settings
 from service.batcher import Batcher
 from service.errors import ErrorCode, ServiceError
 from service.metrics import Metrics
@@ -36,14 +36,7 @@ T = TypeVar("T")
 
 
 def default_backend_factory(entry: ModelEntry, settings: Settings) -> Backend:
-    return create_backend(
-        entry,
-        backend=settings.backend,
-        device=settings.device,
-        require_gpu=settings.require_gpu,
-        intra_op_threads=settings.intra_op_threads,
-        engine_cache=settings.engine_cache,
-    )
+    return create_backend_from_settings(entry, settings)
 
 
 @dataclass
@@ -149,7 +142,11 @@ class ServiceState:
             self.models[entry.task] = LoadedModel(entry=entry, backend=backend, batcher=batcher)
             card = backend.card
             self.metrics.model_info.labels(
-                task=entry.task, backend=backend.name, preset=card.preset, version=card.version
+                task=entry.task,
+                backend=backend.name,
+                preset=card.preset,
+                version=card.version,
+                precision=backend.precision,
             ).set(1)
         self.ready = True
         logger.info("ready: %s", ", ".join(self.available))

@@ -33,6 +33,9 @@ async def list_tasks(state: StateDep) -> TasksResponse:
                     version=card.version,
                     backend=backend.name,
                     device=backend.device,
+                    precision=backend.precision,
+                    gate=backend.gate,
+                    selection=backend.selection,
                 ),
                 input=InputInfo(
                     short_side=card.input_short_side,

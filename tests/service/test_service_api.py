@@ -106,8 +106,8 @@ def test_metrics_exposes_every_focus_metric(client: TestClient, png_320x240: byt
         assert f"# TYPE {name} " in text, name
     assert 'focus_requests_total{code="200",task="camouflage"}' in text
     assert (
-        'focus_model_info{backend="onnxruntime",preset="tiny",task="camouflage",version="test"} 1.0'
-        in text
+        'focus_model_info{backend="onnxruntime",precision="fp32",preset="tiny",'
+        'task="camouflage",version="test"} 1.0' in text
     )
     assert 'focus_batch_size_bucket{le="1.0",task="camouflage"}' in text
 
