@@ -9,6 +9,10 @@ the backbone at the full rate, grad clip 1.0, drop-path 0.1, 1024 loss points), 
 held-out split, exports ONNX with the PyTorch parity check and publishes
 ``model_repository/<task>/{focus.json, model.onnx, pipeline.json}``. These models have only ever
 seen synthetic images: they demonstrate the service, they are not useful on photographs.
+
+Then the precision variants (``--variants``, default on; ``scripts/make_demo_variants.py`` alone
+rebuilds them): ``model.int8.onnx`` (ONNX Runtime dynamic int8) and OpenVINO bf16 on
+``model.onnx`` (no IR, to keep the repository small), each gated against fp32 in focus.json.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ def main() -> int:
     ap.add_argument("--eval-n", type=int, default=40)
     ap.add_argument("--out", type=Path, default=ROOT / "model_repository")
     ap.add_argument("--work", type=Path, default=None, help="keep data and runs here")
+    ap.add_argument("--no-variants", dest="variants", action="store_false",
+                    help="skip the int8 / OpenVINO bf16 variants")  # fmt: skip
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="focus-demo-"))
     failed = []
@@ -64,6 +70,10 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 - report every task, then fail
             print(f"{task}: FAILED: {exc}", file=sys.stderr)
             failed.append(task)
+    if args.variants and not failed:
+        from make_demo_variants import build_variants
+
+        return build_variants(args.out, args.tasks)
     return 1 if failed else 0
 
 

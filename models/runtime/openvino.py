@@ -79,8 +79,12 @@ class OpenVinoPredictor:
             config["INFERENCE_NUM_THREADS"] = threads
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            config["CACHE_DIR"] = str(self.cache_dir)
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                config["CACHE_DIR"] = str(self.cache_dir)
+            except OSError as exc:  # a read-only cache must not stop the model from serving
+                logger.warning("no OpenVINO compile cache (%s): compiling %s", exc, self.path)
+                self.cache_dir = None
         config.update(extra_config or {})
         try:
             self.compiled: Any = self.core.compile_model(str(self.path), "CPU", config)

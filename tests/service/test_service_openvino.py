@@ -136,7 +136,6 @@ def test_bf16_variant_is_served_with_its_gate(variant_repo: Path) -> None:
 @pytest.fixture
 def broken_repo(variant_repo: Path, tmp_path: Path) -> Path:
     """The variant repository with model.int8.onnx replaced by a broken graph, gated for real."""
-    from export.precision import build_int8  # noqa: F401  (same module as the real gate)
     from export.precision import measure_gate, record_variant
     from models.precision import Variant, file_sha256
     from models.runtime.onnxruntime import OnnxRuntimePredictor
@@ -246,3 +245,27 @@ print("torch imported:", "torch" in sys.modules)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "torch imported: False" in result.stdout
     assert (tmp_path / "out" / "in.png").is_file()
+
+
+def test_torch_backend_bf16_autocast(model_repository: Path) -> None:
+    from service.backends.factory import VariantOptions, create_backend
+
+    entry = scan_repository(model_repository)[TASK]
+    fp32 = create_backend(entry, backend="torch", intra_op_threads=1)
+    bf16 = create_backend(
+        entry, backend="torch", intra_op_threads=1, variants=VariantOptions(precision="bf16")
+    )
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert "no recorded gate" in bf16.gate
+    prepared = _images(entry.card)
+    image, edges = prepared[0].image[None], prepared[0].edges[None]
+    logits_32 = fp32.infer(image, edges)[1]
+    logits_16 = bf16.infer(image, edges)[1]
+    assert logits_16.dtype == np.float32
+    difference = np.abs(logits_32 - logits_16)
+    assert 0 < difference.max() < 0.5 * np.abs(logits_32).max()  # bf16 really ran, and close
+    for (soft_a, _), (soft_b, _) in zip(_masks(fp32, prepared), _masks(bf16, prepared),
+                                        strict=True):  # fmt: skip
+        assert np.abs(soft_a - soft_b).mean() < 0.01
+    with pytest.raises(Exception, match="fp16 autocast needs CUDA"):
+        create_backend(entry, backend="torch", variants=VariantOptions(precision="fp16"))
