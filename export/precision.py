@@ -8,9 +8,9 @@
 * :func:`write_openvino_ir` -> ``model.xml`` + ``model.bin`` (fp32 weights; the runtime's
   precision hint picks f32 or bf16), and :func:`quantize_openvino_int8` -> ``model.int8.xml``
   (NNCF post-training int8 of the modules ``scope`` matches, bf16 elsewhere).
-* :func:`measure_gate` runs a variant and fp32 ONNX Runtime on ``export.parity``'s images (8
-  images at two aspect ratios, batch 1 and 4; never the calibration images) through the shared
-  post-processing and returns the :class:`models.precision.PrecisionGate`;
+* :func:`measure_gate` runs a variant and fp32 ONNX Runtime on 8 synthetic scenes of the model's
+  task (:func:`gate_images`: two aspect ratios, batch 1 and 4; never the calibration images)
+  through the shared post-processing and returns the :class:`models.precision.PrecisionGate`;
   :func:`record_variant` writes it into ``focus.json`` beside the artefact.
 
 Torch-free: everything here starts from ``model.onnx``.
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from export.graph import node_module
-from export.parity import BATCH, DEFAULT_SIZES, Tolerance, measure_parity, parity_images
+from export.parity import BATCH, DEFAULT_SIZES, Tolerance, measure_parity
 from models.config import ModelCard
 from models.contract import (
     CARD_FILE,
@@ -226,9 +226,27 @@ def quantize_openvino_int8(
 # ----------------------------------------------------------------------------- gate
 
 
+GATE_SEED = 2  # calibration uses seed 1
+
+
 def gate_images(card: ModelCard) -> list[list[np.ndarray]]:
-    """export.parity's images (noise, smooth fields, synthetic scenes; seed 0), 8 in all."""
-    return parity_images(DEFAULT_SIZES, seed=0)
+    """8 synthetic scenes of the model's own task (``models.synth``, seed 2; the calibration
+    images use seed 1), 4 per aspect ratio of ``export.parity.DEFAULT_SIZES``.
+
+    In-distribution on purpose: on noise or blank fields even a trained model's two class scores
+    are near ties, and its binary mask flips on any perturbation (issue 17), so a binary IoU
+    measured there says nothing about the variant.
+    """
+    import cv2
+
+    groups = []
+    for k, (h, w) in enumerate(DEFAULT_SIZES):
+        group = []
+        for i in range(BATCH):
+            rgb, _ = sample(card.task, index=k * BATCH + i, seed=GATE_SEED, size=min(h, w))
+            group.append(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA))
+        groups.append(group)
+    return groups
 
 
 def measure_gate(
@@ -258,8 +276,8 @@ def measure_gate(
         soft_mean_abs=bad or report.soft_mean_abs,
         min_iou=bad or report.min_iou,
         images=report.images,
-        image_set=f"export.parity images, seed 0: {report.images} images ({sizes}; noise, "
-        f"smooth field, synthetic scenes), batch 1 and {BATCH}",
+        image_set=f"synthetic {card.task} scenes (models.synth, seed {GATE_SEED}): "
+        f"{report.images} images ({sizes}), batch 1 and {BATCH}",
         reference=reference_name,
         model=f"{card.task} {card.preset} version {card.version}",
         iou_enforced=enforced,
