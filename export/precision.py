@@ -19,11 +19,11 @@ Torch-free: everything here starts from ``model.onnx``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +44,13 @@ from models.contract import (
     write_atomic,
 )
 from models.precision import (
+    CARD_KEY,
     GATE_MAX_MEAN_ABS,
     GATE_MIN_IOU,
     PrecisionGate,
     Variant,
     file_sha256,
     trained_evidence,
-    with_variant,
 )
 from models.processing import preprocess_with_card
 from models.synth import sample
@@ -112,6 +112,38 @@ def quantize_int8(
     calibration_images: int = 8,
 ) -> dict[str, Any]:
     """Write ``out_path`` (int8) from the fp32 graph; returns its recipe for the model card."""
+    if mode not in INT8_MODES:
+        raise ValueError(f"unknown int8 mode {mode!r}; use {' or '.join(INT8_MODES)}")
+    ops = ["MatMul", "Gemm"]
+    excluded = _matching_nodes(onnx_path, ops, exclude, inside=True) if exclude else []
+    start = time.perf_counter()
+    root = logging.getLogger()
+    level = root.level  # onnxruntime.quantization logs a line per tensor on the root logger
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        _quantize(onnx_path, out_path, card, mode, ops, excluded, calibration_images)
+    finally:
+        root.setLevel(level)
+    return {
+        "tool": "onnxruntime.quantization",
+        "mode": mode,
+        "ops": ops,
+        "exclude": exclude,
+        "excluded_nodes": len(excluded),
+        "calibration_images": calibration_images if mode == "static" else 0,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _quantize(
+    onnx_path: Path,
+    out_path: Path,
+    card: ModelCard,
+    mode: str,
+    ops: list[str],
+    excluded: list[str],
+    calibration_images: int,
+) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -120,11 +152,6 @@ def quantize_int8(
         quantize_static,
     )
 
-    if mode not in INT8_MODES:
-        raise ValueError(f"unknown int8 mode {mode!r}; use {' or '.join(INT8_MODES)}")
-    ops = ["MatMul", "Gemm"]
-    excluded = _matching_nodes(onnx_path, ops, exclude, inside=True) if exclude else []
-    start = time.perf_counter()
     large = onnx_path.with_name(onnx_path.name + ".data").is_file()
     if mode == "dynamic":
         quantize_dynamic(
@@ -159,15 +186,6 @@ def quantize_int8(
             use_external_data_format=large,
             extra_options={"CalibMovingAverage": True},
         )
-    return {
-        "tool": "onnxruntime.quantization",
-        "mode": mode,
-        "ops": ops,
-        "exclude": exclude,
-        "excluded_nodes": len(excluded),
-        "calibration_images": calibration_images if mode == "static" else 0,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
 
 
 # ----------------------------------------------------------------------------- OpenVINO
@@ -288,11 +306,20 @@ def measure_gate(
 
 
 def record_variant(directory: Path, variant: Variant) -> ModelCard:
-    """Add (or replace) ``variant`` in ``directory/focus.json``, atomically."""
-    card = ModelCard.load(directory)
-    card = replace(card, variants=with_variant(card.variants, variant))
-    write_atomic(directory / CARD_FILE, (card.to_json() + "\n").encode("utf-8"))
-    return card
+    """Add (or replace) ``variant`` in ``directory/focus.json``, atomically.
+
+    Only the ``precision_variants`` entry changes: the rest of the file is kept as written
+    (its schema version and any field this version does not know).
+    """
+    path = directory / CARD_FILE
+    data = json.loads(path.read_text(encoding="utf-8"))
+    ModelCard.from_dict(data)  # refuse to extend a card this version cannot read
+    variants = dict(data.get(CARD_KEY) or {})
+    variants[variant.name] = variant.to_dict()
+    data[CARD_KEY] = dict(sorted(variants.items()))
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(path, text.encode("utf-8"))
+    return ModelCard.load(directory)
 
 
 def time_predictor(predictor: Predictor, feeds: dict, runs: int = 3) -> float:
