@@ -251,9 +251,9 @@ class GateRefusedError(RuntimeError):
 def check_gate(variant: Variant | None, runtime: str, precision: str, where: str) -> str:
     """Refuse an ungated or failed variant with its numbers; returns a one-line gate summary.
 
-    The fp32 reference passes without a gate.
+    fp32 needs no gate; when one was measured (OpenVINO fp32 vs ONNX Runtime fp32) it counts.
     """
-    if is_reference(runtime, precision):
+    if is_reference(runtime, precision) and (variant is None or variant.gate is None):
         return "fp32 reference (no gate needed)"
     name = variant_name(runtime, precision)
     if variant is None or variant.gate is None:
