@@ -113,8 +113,8 @@ class Settings(BaseSettings):
         default=3,
         ge=1,
         le=100,
-        description="FOCUS_BACKEND=auto on the CPU: timed calls per gated variant at load (after "
-        "one warm-up) to find the fastest.",
+        description="FOCUS_BACKEND=auto on the CPU: timed calls per gated variant at load, after "
+        "one warm-up; the fastest call counts (others' load only ever adds time).",
     )
     # --- FOCUS_PULL (service/pull.py): released checkpoints pulled into the repository at start
     pull: str | None = Field(

@@ -23,7 +23,8 @@ from models.repository import scan_repository
 pytest.importorskip("openvino", reason="the OpenVINO backend needs openvino")
 
 ROOT = Path(__file__).resolve().parents[2]
-TASK = "camouflage"
+TASK = "salient"  # the task the tiny model was trained on: gates measure in-distribution
+TORCH_TASK = "camouflage"  # the one with model.safetensors in the test repository
 
 
 def _entry(repo: Path):
@@ -121,13 +122,18 @@ def test_openvino_backend_matches_onnxruntime_fp32(variant_repo: Path, tmp_path:
     ort.close()
 
 
-def test_bf16_variant_is_served_with_its_gate(variant_repo: Path) -> None:
+def test_bf16_variant_is_served_or_refused_by_its_gate(variant_repo: Path) -> None:
     from service.backends.factory import VariantOptions, create_backend
 
     entry = _entry(variant_repo)
-    bf16 = create_backend(
-        entry, backend="openvino", intra_op_threads=1, variants=VariantOptions(precision="bf16")
-    )
+    gate = find_variant(entry.card.variants, "openvino", "bf16").gate
+    assert gate.soft_mean_abs > 0  # bf16 really ran when the gate was measured
+    options = VariantOptions(precision="bf16")
+    if not gate.passed:
+        with pytest.raises(GateRefusedError, match=f"soft mean .diff. {gate.soft_mean_abs:.3g}"):
+            create_backend(entry, backend="openvino", variants=options)
+        return
+    bf16 = create_backend(entry, backend="openvino", intra_op_threads=1, variants=options)
     assert bf16.precision == "bf16" and bf16.inference_precision == "bf16"
     assert bf16.gate.startswith("gate passed: soft max |diff|")
     bf16.close()
@@ -208,7 +214,9 @@ def test_auto_picks_the_fastest_gated_variant(broken_repo: Path, tmp_path: Path)
         name, _, rest = part.partition(": ")
         if rest.endswith(" ms"):
             timed[name] = float(rest[:-3])
-    assert set(timed) == {"onnxruntime-fp32", "openvino-fp32", "openvino-bf16"}
+    bf16 = find_variant(_entry(broken_repo).card.variants, "openvino", "bf16").gate
+    expected = {"onnxruntime-fp32", "openvino-fp32"} | ({"openvino-bf16"} if bf16.passed else set())
+    assert set(timed) == expected  # every gated variant timed, no failed one
     chosen = f"{backend.name}-{backend.precision}"
     assert selection.startswith(f"auto: {chosen} (fastest at")
     assert timed[chosen] == min(timed.values())
@@ -250,7 +258,7 @@ print("torch imported:", "torch" in sys.modules)
 def test_torch_backend_bf16_autocast(model_repository: Path) -> None:
     from service.backends.factory import VariantOptions, create_backend
 
-    entry = scan_repository(model_repository)[TASK]
+    entry = scan_repository(model_repository)[TORCH_TASK]
     fp32 = create_backend(entry, backend="torch", intra_op_threads=1)
     bf16 = create_backend(
         entry, backend="torch", intra_op_threads=1, variants=VariantOptions(precision="bf16")
