@@ -67,7 +67,6 @@ ALL_ROWS = (
     "onnxruntime int8",
     "openvino f32",
     "openvino bf16",
-    "openvino bf16 static",
     "openvino int8",
 )
 GATE_MEAN_ABS = 0.01
@@ -243,14 +242,9 @@ def build_artefacts(preset: str, args: argparse.Namespace) -> None:
             precision = {"f32": "fp32"}.get(name.split()[1], name.split()[1])
             path = openvino_int8(art, args.ov_int8_scope) if precision == "int8" else art.onnx
             start = time.perf_counter()
-            static = name.endswith(" static")
             predictor = openvino_predictor(
-                path, precision, args.threads, art.directory / "openvino_cache", static=static
+                path, precision, args.threads, art.directory / "openvino_cache"
             )
-            if static:  # a static model is compiled for its shape on first use
-                side = -(-args.size // 32) * 32
-                zeros = np.zeros((1, 3, side, side), np.float32)
-                predictor.infer(zeros, zeros)
             if not predictor.loaded_from_cache:
                 _note(art, f"{name}: compiled in {time.perf_counter() - start:.0f} s (cached)")
             predictor.close()
@@ -348,22 +342,18 @@ def torch_rows(model: Any, threads: int) -> dict[str, Callable]:
 
 
 def openvino_predictor(
-    path: Path, precision: str, threads: int, cache: Path, perf: bool = False,
-    static: bool = False,
+    path: Path, precision: str, threads: int, cache: Path, perf: bool = False
 ) -> Any:
-    """The service's OpenVINO runtime (models.runtime.openvino), one cache folder per precision
-    (and per static shape)."""
+    """The service's OpenVINO runtime (models.runtime.openvino), one cache folder per precision."""
     from models.runtime.openvino import OpenVinoPredictor
 
-    folder = f"{path.name}-{precision}" + ("-static" if static else "")
     return OpenVinoPredictor(
         path,
         precision=precision,
         threads=threads,
-        cache_dir=None if perf else cache / folder,
+        cache_dir=None if perf else cache / f"{path.name}-{precision}",
         extra_config={"PERF_COUNT": True} if perf else None,
-        static_shapes=static,
-    )  # fmt: skip
+    )
 
 
 def openvino_int8(art: Artefacts, scope: str) -> Path:
@@ -426,9 +416,7 @@ def compare(row: Row, reference: list[tuple[np.ndarray, np.ndarray]], data: list
 
     soft_max, soft_mean, iou = 0.0, 0.0, 1.0
     for (ref_p, ref_m), s in zip(reference, data, strict=True):
-        start = time.perf_counter()
         p, m = row.run(s.image, s.edges)
-        print(f"    {row.name}: accuracy image in {time.perf_counter() - start:.1f} s", flush=True)
         sizes = (s.prepared.padded_size, s.prepared.resized_size, s.prepared.original_size)
         soft_r, bin_r = postprocess(ref_p[0], ref_m[0], *sizes)
         soft_c, bin_c = postprocess(
@@ -456,11 +444,7 @@ def time_rounds(
             row.run(sample.image, sample.edges)
             if r >= warmup:
                 row.times.append(time.perf_counter() - start)
-        timed = r >= warmup
-        times = [f"reference {ref_times[-1]:.2f} s"] if reference is not None and timed else []
-        times += [f"{row.name} {row.times[-1]:.2f} s" for row in rows if timed and row.times]
-        print(f"  round {r + 1}/{warmup + repeats} done ({load_text()}): {'; '.join(times)}",
-              flush=True)  # fmt: skip
+        print(f"  round {r + 1}/{warmup + repeats} done ({load_text()})", flush=True)
     return ref_times
 
 
@@ -502,9 +486,7 @@ def build_rows(
             elif name.startswith("openvino"):
                 precision = {"f32": "fp32"}.get(name.split()[1], name.split()[1])
                 path = openvino_int8(art, args.ov_int8_scope) if precision == "int8" else art.onnx
-                predictor = openvino_predictor(
-                    path, precision, args.threads, ov_cache, static=name.endswith(" static")
-                )
+                predictor = openvino_predictor(path, precision, args.threads, ov_cache)
                 row.run, row.close = predictor.infer, predictor.close
                 row.setup_path = path  # type: ignore[attr-defined]
             else:
@@ -547,10 +529,7 @@ def profile_rows(
         elif row.name.startswith("openvino"):
             precision = {"f32": "fp32"}.get(row.name.split()[1], row.name.split()[1])
             path = getattr(row, "setup_path", art.onnx)
-            predictor = openvino_predictor(
-                path, precision, args.threads, art.directory, True, row.name.endswith(" static")
-            )
-            predictor.infer(sample.image, sample.edges)  # compiles a static model's shape
+            predictor = openvino_predictor(path, precision, args.threads, art.directory, True)
             profiles[row.name] = openvino_profile(predictor.compiled, feeds)
             predictor.close()
         print(f"  profiled {row.name}", flush=True)

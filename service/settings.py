@@ -109,11 +109,6 @@ class Settings(BaseSettings):
         description="OpenVINO compiled-model cache (one folder per task, version, artefact and "
         "precision): a restart imports instead of compiling. Empty: no cache.",
     )
-    openvino_static_shapes: bool = Field(
-        default=False,
-        description="OpenVINO: compile one model per input shape (up to 4 kept) instead of one "
-        "dynamic-shape model; ~2x faster for FOCUS-L on the CPU, one compile per new shape.",
-    )
     auto_timed_runs: int = Field(
         default=3,
         ge=1,

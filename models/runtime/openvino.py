@@ -6,19 +6,11 @@ different model from the fp32 one the gate compares against. Compiled models go 
 cache (``CACHE_DIR``) so a restart imports the compiled blob instead of compiling again; give
 each (artefact, precision) its own folder: OpenVINO 2026.4 crashes on the first inference of the
 second of two models compiled from one graph into one shared cache folder.
-
-``static_shapes``: compile one model per input shape ([N, 3, H, W], a handful at serving time:
-batches share one padded shape) instead of one dynamic-shape model. OpenVINO's CPU plugin then
-picks fixed kernels and drops most layout reorders: FOCUS-L at 512x512 in bf16 ran in ~3.1 s
-instead of ~6.0 s on our 2-core Xeon (benchmarks/RESULTS.md). Each shape costs one compile (tens
-of seconds for FOCUS-L, cached on disk in its own folder) and its own copy of the weights, so at
-most ``max_shapes`` are kept (least recently used dropped).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +52,6 @@ class OpenVinoPredictor:
         threads: int = 0,
         cache_dir: str | Path | None = None,
         extra_config: dict[str, Any] | None = None,
-        static_shapes: bool = False,
-        max_shapes: int = 4,
     ) -> None:
         try:
             import openvino as ov
@@ -96,61 +86,24 @@ class OpenVinoPredictor:
                 logger.warning("no OpenVINO compile cache (%s): compiling %s", exc, self.path)
                 self.cache_dir = None
         config.update(extra_config or {})
-        self.precision = precision
-        self.static_shapes = static_shapes
-        self.max_shapes = max(1, max_shapes)
-        self._config = config
-        self._by_shape: OrderedDict[tuple[int, ...], tuple[Any, Any]] = OrderedDict()
-        self.compiled: Any = None
-        self.request: Any = None
-        self.loaded_from_cache = False
         try:
-            if static_shapes:
-                self._model = self.core.read_model(str(self.path))
-                self.inference_precision = hint  # what the first compile will report
-                self._check_signature(self._model.inputs, self._model.outputs)
-                return
-            self.compiled = self.core.compile_model(str(self.path), "CPU", config)
+            self.compiled: Any = self.core.compile_model(str(self.path), "CPU", config)
         except RuntimeError as exc:
             raise BackendUnavailableError(f"OpenVINO could not compile {self.path}: {exc}") from exc
-        self._describe(self.compiled)
-        self._check_signature(self.compiled.inputs, self.compiled.outputs)
-        self.request = self.compiled.create_infer_request()
-
-    def _describe(self, compiled: Any) -> None:
-        hint_type = compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = precision
+        hint_type = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         # what OpenVINO will really run (e.g. "bf16", "f32"), recorded in cards and /tasks
         self.inference_precision = str(getattr(hint_type, "to_string", lambda: hint_type)())
         try:
-            self.loaded_from_cache = bool(compiled.get_property("LOADED_FROM_CACHE"))
+            self.loaded_from_cache = bool(self.compiled.get_property("LOADED_FROM_CACHE"))
         except RuntimeError:
             self.loaded_from_cache = False
+        self._check_signature()
+        self.request = self.compiled.create_infer_request()
 
-    def _request_for(self, shape: tuple[int, ...]) -> Any:
-        """The infer request of the model compiled for ``shape`` (static mode), compiling once."""
-        if shape in self._by_shape:
-            self._by_shape.move_to_end(shape)
-            return self._by_shape[shape][1]
-        model = self._model.clone()
-        model.reshape({name: list(shape) for name in INPUT_NAMES})
-        config = dict(self._config)
-        if "CACHE_DIR" in config:  # one folder per compiled model (see the module docstring)
-            folder = Path(config["CACHE_DIR"]) / "x".join(map(str, shape))
-            folder.mkdir(parents=True, exist_ok=True)
-            config["CACHE_DIR"] = str(folder)
-        compiled = self.core.compile_model(model, "CPU", config)
-        self._describe(compiled)
-        if len(self._by_shape) >= self.max_shapes:
-            self._by_shape.popitem(last=False)
-        self._by_shape[shape] = (compiled, compiled.create_infer_request())
-        logger.info("%s: compiled for input %s (%d shapes kept)", self.path.name, shape,
-                    len(self._by_shape))  # fmt: skip
-        self.compiled = compiled
-        return self._by_shape[shape][1]
-
-    def _check_signature(self, inputs_: Any, outputs_: Any) -> None:
-        inputs = tuple(i.get_any_name() for i in inputs_)
-        outputs = {n for o in outputs_ for n in o.get_names()}
+    def _check_signature(self) -> None:
+        inputs = tuple(i.get_any_name() for i in self.compiled.inputs)
+        outputs = {n for o in self.compiled.outputs for n in o.get_names()}
         if sorted(inputs) != sorted(INPUT_NAMES) or not set(OUTPUT_NAMES) <= outputs:
             raise ValueError(
                 f"{self.path}: inputs {inputs} / outputs {sorted(outputs)} do not follow the "
@@ -159,8 +112,7 @@ class OpenVinoPredictor:
 
     def infer(self, image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n, _, h, w = image.shape
-        request = self._request_for(tuple(image.shape)) if self.static_shapes else self.request
-        result = request.infer(
+        result = self.request.infer(
             {
                 INPUT_NAMES[0]: np.ascontiguousarray(image, np.float32),
                 INPUT_NAMES[1]: np.ascontiguousarray(edges, np.float32),
@@ -174,4 +126,3 @@ class OpenVinoPredictor:
     def close(self) -> None:
         self.request = None
         self.compiled = None
-        self._by_shape.clear()

@@ -142,7 +142,6 @@ class VariantOptions:
     force_ungated: bool = False
     openvino_cache: Path | None = None  # compiled-model cache; None: compile at every start
     timed_runs: int = 3  # FOCUS_BACKEND=auto: timed calls per candidate after one warm-up
-    openvino_static_shapes: bool = False  # one compiled model per input shape
 
 
 def _gate(entry: ModelEntry, runtime: str, precision: str, options: VariantOptions) -> str:
@@ -193,15 +192,12 @@ def _openvino(entry: ModelEntry, precision: str, threads: int, options: VariantO
         cache = openvino_cache_dir(
             options.openvino_cache, entry.task, entry.version, file, precision
         )
-        if options.openvino_static_shapes:
-            cache = cache.with_name(cache.name + "-static")
     return OpenVinoBackend(
         entry.directory / file,
         entry.card,
         precision=precision,
         intra_op_threads=threads,
         cache_dir=cache,
-        static_shapes=options.openvino_static_shapes,
     )
 
 
@@ -380,6 +376,5 @@ def create_backend_from_settings(entry: ModelEntry, settings: Settings) -> Backe
             force_ungated=settings.force_ungated,
             openvino_cache=settings.openvino_cache,
             timed_runs=settings.auto_timed_runs,
-            openvino_static_shapes=settings.openvino_static_shapes,
         ),
     )

@@ -35,16 +35,11 @@ class OpenVinoBackend(Backend):
         precision: str = "fp32",
         intra_op_threads: int = 0,
         cache_dir: Path | None = None,
-        static_shapes: bool = False,
     ) -> None:
         self.card = card
         self.artefact = Path(path)
         self.predictor = OpenVinoPredictor(
-            path,
-            precision=precision,
-            threads=intra_op_threads,
-            cache_dir=cache_dir,
-            static_shapes=static_shapes,
+            path, precision=precision, threads=intra_op_threads, cache_dir=cache_dir
         )
         self.precision = precision
         self.inference_precision = self.predictor.inference_precision
@@ -55,10 +50,9 @@ class OpenVinoBackend(Backend):
 
     def describe(self) -> str:
         cached = ", compiled model from the cache" if self.loaded_from_cache else ""
-        shapes = ", one compiled model per input shape" if self.predictor.static_shapes else ""
         return (
             f"openvino {self.precision} on cpu ({self.artefact.name}, inference precision "
-            f"{self.inference_precision}{cached}{shapes})"
+            f"{self.inference_precision}{cached})"
         )
 
     def close(self) -> None:
