@@ -416,7 +416,9 @@ def compare(row: Row, reference: list[tuple[np.ndarray, np.ndarray]], data: list
 
     soft_max, soft_mean, iou = 0.0, 0.0, 1.0
     for (ref_p, ref_m), s in zip(reference, data, strict=True):
+        start = time.perf_counter()
         p, m = row.run(s.image, s.edges)
+        print(f"    {row.name}: accuracy image in {time.perf_counter() - start:.1f} s", flush=True)
         sizes = (s.prepared.padded_size, s.prepared.resized_size, s.prepared.original_size)
         soft_r, bin_r = postprocess(ref_p[0], ref_m[0], *sizes)
         soft_c, bin_c = postprocess(
@@ -444,7 +446,11 @@ def time_rounds(
             row.run(sample.image, sample.edges)
             if r >= warmup:
                 row.times.append(time.perf_counter() - start)
-        print(f"  round {r + 1}/{warmup + repeats} done ({load_text()})", flush=True)
+        timed = r >= warmup
+        times = [f"reference {ref_times[-1]:.2f} s"] if reference is not None and timed else []
+        times += [f"{row.name} {row.times[-1]:.2f} s" for row in rows if timed and row.times]
+        print(f"  round {r + 1}/{warmup + repeats} done ({load_text()}): {'; '.join(times)}",
+              flush=True)  # fmt: skip
     return ref_times
 
 
