@@ -16,10 +16,13 @@ class ModelInfo(BaseModel):
     )
     gate: str = Field(
         default="",
-        description="the precision variant's accuracy gate vs fp32 (from focus.json), in words",
+        description="the precision variant's accuracy gate vs fp32 (from focus.json), in words "
+        "(GET /tasks; empty in /segment results)",
     )
     selection: str = Field(
-        default="", description="FOCUS_BACKEND=auto: why this backend and precision were chosen"
+        default="",
+        description="FOCUS_BACKEND=auto: why this backend and precision were chosen (GET /tasks; "
+        "empty in /segment results)",
     )
 
 

@@ -279,22 +279,25 @@ def _auto_cpu(
     if not entry.has(ONNX_FILE) and not any(entry.has(a) for a in (OPENVINO_XML_FILE,)):
         candidates = []
     notes: list[str] = []
-    best: tuple[float, Backend] | None = None
+    viable = []
     for runtime, precision in candidates:
         name = variant_name(runtime, precision)
-        if runtime == "openvino" and not _installed("openvino"):
-            notes.append(f"{name}: openvino not installed")
-            continue
         built = find_variant(entry.card.variants, runtime, precision) is not None
         if (runtime, precision) != ("onnxruntime", "fp32") and not built:
             notes.append(f"{name}: not built")
-            continue
+        elif runtime == "openvino" and not _installed("openvino"):
+            notes.append(f"{name}: openvino not installed")
+        else:
+            viable.append((runtime, precision))
+    best: tuple[float, Backend] | None = None
+    for runtime, precision in viable:
+        name = variant_name(runtime, precision)
         try:
             backend = _load_variant(entry, runtime, precision, "cpu", False, threads, options)
         except (GateRefusedError, BackendUnavailableError, ValueError) as exc:
             notes.append(f"{name}: refused: {exc}")
             continue
-        if len(candidates) == 1:
+        if len(viable) == 1:
             best = (float("nan"), backend)
             break
         seconds = _time_backend(backend, options.timed_runs)
