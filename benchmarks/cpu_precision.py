@@ -57,7 +57,20 @@ from module_profile import (  # noqa: E402
     torch_profile,
 )
 
-HARNESS = ROOT.parent.parent / "shared" / "tools" / "reference-harness"
+# shared/tools/reference-harness beside the checkout (or its parent), or $FOCUS_REFERENCE_HARNESS;
+# the reference process also needs $FOCUS_SRC when the FOCUS sources are not in $SCRATCH/src.
+HARNESS = next(
+    (
+        p
+        for p in (
+            Path(os.environ.get("FOCUS_REFERENCE_HARNESS", "/nonexistent")),
+            ROOT.parent / "shared" / "tools" / "reference-harness",
+            ROOT.parent.parent / "shared" / "tools" / "reference-harness",
+        )
+        if (p / "make_reference.py").is_file()
+    ),
+    ROOT.parent / "shared" / "tools" / "reference-harness",
+)
 TAGS = {"small": "S", "base": "B", "large": "L"}
 ALL_ROWS = (
     "reference fp32",
