@@ -25,8 +25,11 @@ on a flat new background, against the ideal composite (true mask, true foregroun
 ``fringe`` is the mean absolute RGB error (0..255) over the band within ``2 x factor`` px of
 the true edge, without and with ``models.refine.estimate_foreground``.
 
-Prints the CPU, a table per option, the means per task, and ends with the key ratio (the
-boundary F-measure of guided over plain, mean over all images).
+Prints the CPU, a table per option, the means per task with a verdict, and ends with the key
+ratio (the boundary F-measure of guided over plain, mean over all images). Verdict: a mask
+option is "better" for a task when its mean boundary F-measure is higher than the plain
+resize's and its mean S-measure is not lower; decontamination when the fringe error drops.
+``models.refine.OFFERED`` offers an option for a task only with this verdict.
 """
 
 from __future__ import annotations
@@ -300,6 +303,7 @@ def main() -> int:
     for task in args.tasks:
         base = results[(task, "plain")]
         base_bf = float(np.mean([r["BF"] for r in base]))
+        base_s = float(np.mean([r["S"] for r in base]))
         for option in ("plain", "guided", "zoom", "zoom+guided", "tiles", "decont:plain",
                        "decont:guided"):
             rows = results.get((task, option))
@@ -316,7 +320,8 @@ def main() -> int:
             bf = float(np.mean([r["BF"] for r in rows]))
             s = float(np.mean([r["S"] for r in rows]))
             mae = float(np.mean([r["MAE"] for r in rows]))
-            verdict = "" if option == "plain" else ("better" if bf > base_bf else "NOT better")
+            better = bf > base_bf and s >= base_s
+            verdict = "" if option == "plain" else ("better" if better else "NOT better")
             print(f"{task:<10} {option:<15} {bf:6.3f} {s:6.3f} {mae:7.4f} {ms_mp:7.1f} "
                   f"{'':>15}  {verdict}")
             if option == "guided":

@@ -23,6 +23,7 @@ import numpy as np
 from models.config import ModelCard
 from models.processing import postprocess, preprocess_with_card
 from models.refine import ZoomCrop, blend_zoom, foreground_radius, plan_zoom, refine_guided, refusal
+from service.backends.base import Backend
 from service.pipeline import MaskResult, PreparedImage, network_input
 from service.schemas import BoundingBox, RefinementInfo, ZoomInfo
 
@@ -167,6 +168,21 @@ def refine_result(
     binary = first.binary if not options.changes_mask else None
     return MaskResult(soft=soft, binary=binary), RefinementInfo(refine=options.refine,
                                                                 zoom=zoom_info)  # fmt: skip
+
+
+def refine_with_backend(
+    backend: Backend, image: PreparedImage, first: MaskResult, options: Options
+) -> tuple[MaskResult, RefinementInfo]:
+    """``refine_result`` with the zoom pass run synchronously on ``backend`` (the CLI's way;
+    the service queues it in the task's batcher instead)."""
+    zoom, zoom_outputs = None, None
+    if options.zoom == "auto":
+        zoom = plan_zoom_pass(image, first.soft, backend.card)
+        if zoom.crop is not None:
+            q = zoom.crop.image.inputs
+            probs, logits = backend.infer(q.image[None], q.edges[None])
+            zoom_outputs = (probs[0], logits[0])
+    return refine_result(image, first, options, zoom, zoom_outputs)
 
 
 def response_headers(image: PreparedImage, info: RefinementInfo) -> dict[str, str]:
