@@ -37,7 +37,7 @@ from models.processing import resized_size
 
 __all__ = [
     "OFFERED",
-    "REFUSED_BECAUSE",
+    "ZOOM_TASKS",
     "RefineOption",
     "GuidedParams",
     "ZoomCrop",
@@ -56,17 +56,18 @@ RefineOption = Literal["guided", "decontaminate", "zoom"]
 
 # Which option is offered for which task: those that measured better than a plain resize with
 # the demo models in benchmarks/refinement.py (benchmarks/RESULTS.md, "Full-resolution
-# refinement"). Everything else is refused with 422 and the reason below.
+# refinement"). Everything else is refused with 422 and the reason ``refusal`` gives.
 OFFERED: dict[str, frozenset[str]] = {
-    "guided": frozenset({"salient", "camouflage", "shadow", "defocus", "forgery"}),
-    "decontaminate": frozenset({"salient", "camouflage", "shadow", "defocus", "forgery"}),
-    "zoom": frozenset({"salient", "camouflage"}),
+    "guided": frozenset({"salient", "camouflage", "shadow", "defocus"}),
+    "decontaminate": frozenset({"salient", "camouflage", "shadow"}),
+    "zoom": frozenset({"salient"}),
 }
-REFUSED_BECAUSE: dict[str, str] = {
-    "guided": "it did not improve the boundary F-measure over a plain resize for this task",
-    "decontaminate": "it did not lower the composite colour error for this task",
-    "zoom": "the zoom pass is for salient and camouflage; native-resolution tiles for "
-    "forgery and defocus did not measure better than one pass",
+ZOOM_TASKS: frozenset[str] = frozenset({"salient", "camouflage"})  # objects to zoom on
+MEASURED_WORSE: dict[str, str] = {
+    "guided": "it did not raise the boundary F-measure (without lowering the S-measure) over "
+    "a plain resize",
+    "decontaminate": "it did not lower the colour error of composites",
+    "zoom": "it did not raise the S-measure and lower the MAE",
 }
 
 
@@ -74,10 +75,17 @@ def refusal(option: str, task: str) -> str | None:
     """Why ``option`` is not offered for ``task`` (None: it is offered)."""
     if task in OFFERED[option]:
         return None
+    if option == "zoom" and task not in ZOOM_TASKS:
+        why = (
+            "the zoom pass is for salient and camouflaged objects; native-resolution tiles, "
+            "tried for forgery and defocus instead, did not measure better than one pass"
+        )
+    else:
+        why = f"{MEASURED_WORSE[option]} for this task with the demo models"
     offered = ", ".join(sorted(OFFERED[option])) or "no task"
     return (
-        f"{option} is not offered for task {task!r}: {REFUSED_BECAUSE[option]} "
-        f"(benchmarks/refinement.py, see benchmarks/RESULTS.md); offered for: {offered}"
+        f"{option} is not offered for task {task!r}: {why} (benchmarks/refinement.py, see "
+        f"benchmarks/RESULTS.md); offered for: {offered}"
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from models.processing import resized_size
-from models.refine import OFFERED
+from models.refine import OFFERED, refusal
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_REPOSITORY = ROOT / "model_repository"
@@ -201,6 +201,31 @@ def test_zoom_is_refused_where_it_is_not_offered(demo_client, photo, task) -> No
     message = response.json()["error"]["message"]
     assert message.startswith(f"zoom is not offered for task '{task}': ")
     assert "benchmarks/RESULTS.md" in message
+
+
+_QUERIES = {"guided": "refine=guided", "zoom": "zoom=auto",
+            "decontaminate": "format=rgba&decontaminate=true"}  # fmt: skip
+_TASKS = ("salient", "camouflage", "shadow", "defocus", "forgery")
+
+
+@pytest.mark.parametrize(
+    ("option", "task"), [(o, t) for o in _QUERIES for t in _TASKS if t not in OFFERED[o]]
+)
+def test_options_that_did_not_measure_better_are_refused_with_the_reason(
+    demo_client, photo, option, task
+) -> None:
+    response = post(demo_client, _QUERIES[option], photo[0], task=task)
+    assert response.status_code == 422
+    assert response.json() == {"error": {"code": "validation_error",
+                                         "message": refusal(option, task)}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("option", "task"), [(o, t) for o in _QUERIES for t in _TASKS if t in OFFERED[o]]
+)
+def test_options_offered_for_a_task_are_served(demo_client, photo, option, task) -> None:
+    response = post(demo_client, _QUERIES[option], photo[0], task=task)
+    assert response.status_code == 200, response.text
 
 
 # --------------------------------------------------------------------------------- formats
