@@ -55,7 +55,8 @@ def register(subparsers: Any) -> None:
         "segment",
         help="segment image files without a server",
         description="Segment an image file or every image in a folder (recursively) with the "
-        "service's backends and processing, writing one mask per image.",
+        "service's backends and processing, writing one mask per image. Videos give a mask "
+        "video (same frame count, size and rate); animated GIF/WebP/APNG one mask per frame.",
     )
     segment.add_argument("--task", required=True, help="task name or alias (e.g. camouflage, cod)")
     segment.add_argument("--input", required=True, type=Path, help="image file or folder")

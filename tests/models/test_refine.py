@@ -153,5 +153,5 @@ def test_refusal_names_the_option_the_task_and_why() -> None:
         "guided is not offered for task 'forgery': it did not raise the boundary F-measure "
         "(without lowering the S-measure) over a plain resize for this task with the demo "
         "models (benchmarks/refinement.py, see benchmarks/RESULTS.md); offered for: "
-        "camouflage, defocus, salient, shadow"
+        "defocus, salient, shadow"
     )
