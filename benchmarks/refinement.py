@@ -187,7 +187,9 @@ class Model:
         return stitch_tiles((h, w), crops, masks)
 
 
-def zoom_pass(model: Model, rgb: np.ndarray, first: np.ndarray, network: tuple[int, int]):
+def zoom_pass(
+    model: Model, rgb: np.ndarray, first: np.ndarray, network: tuple[int, int]
+) -> tuple[np.ndarray, bool]:
     card = model.card
     crop = plan_zoom(first, card.input_short_side, card.input_max_size)
     if crop is None:
@@ -357,7 +359,8 @@ def main() -> int:
     print(f"\nwall time {time.perf_counter() - started:.0f} s; load average at end "
           f"{os.getloadavg()[0]:.2f}")
     print(f"key ratio: boundary F-measure guided / plain = "
-          f"{np.mean(ratios) / max(np.mean(plains), 1e-9):.2f}x (means over {len(ratios)} tasks)")
+          f"{float(np.mean(ratios)) / max(float(np.mean(plains)), 1e-9):.2f}x "
+          f"(means over {len(ratios)} tasks)")
     return 0
 
 

@@ -185,8 +185,8 @@ def guided_filter(
     if subsample > 1:
         mean_a = cv2.resize(mean_a, (w, h), interpolation=cv2.INTER_LINEAR)
         mean_b = cv2.resize(mean_b, (w, h), interpolation=cv2.INTER_LINEAR)
-    q = (mean_a * image).sum(-1) + mean_b
-    return np.clip(q, 0.0, 1.0).astype(np.float32)
+    q: np.ndarray = np.clip((mean_a * image).sum(-1) + mean_b, 0.0, 1.0).astype(np.float32)
+    return q
 
 
 def refine_guided(
@@ -226,7 +226,8 @@ def _fuse(image: np.ndarray, mean_f: np.ndarray, mean_b: np.ndarray, a: np.ndarr
     out = image - a3 * mean_f - (1 - a3) * mean_b
     out *= a3
     out += mean_f
-    return np.clip(out, 0.0, 1.0, out=out)
+    fused: np.ndarray = np.clip(out, 0.0, 1.0, out=out)
+    return fused
 
 
 def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray, edge_radius: int = 6) -> np.ndarray:
@@ -345,11 +346,11 @@ def plan_zoom(
 def _uncertainty_weight(first: np.ndarray, band: int) -> np.ndarray:
     """1 where the first pass is unsure (p near 0.5) or within ``band`` px of such a place."""
     u = 1.0 - np.abs(2.0 * first - 1.0)  # 1 at p = 0.5, 0 at p in {0, 1}
-    w = np.clip(2.0 * u, 0.0, 1.0).astype(np.float32)
+    w: np.ndarray = np.clip(2.0 * u, 0.0, 1.0).astype(np.float32)
     if band > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
-        w = cv2.dilate(w, kernel)
-        w = cv2.blur(w, (2 * band + 1, 2 * band + 1))
+        w = np.asarray(cv2.dilate(w, kernel), np.float32)
+        w = np.asarray(cv2.blur(w, (2 * band + 1, 2 * band + 1)), np.float32)
     return np.clip(w, 0.0, 1.0)
 
 
@@ -403,4 +404,5 @@ def stitch_tiles(
         weight = ty[:, None] * tx[None, :]
         acc[crop.y0 : crop.y1, crop.x0 : crop.x1] += weight * mask
         total[crop.y0 : crop.y1, crop.x0 : crop.x1] += weight
-    return np.clip(acc / np.maximum(total, 1e-12), 0.0, 1.0).astype(np.float32)
+    out: np.ndarray = np.clip(acc / np.maximum(total, 1e-12), 0.0, 1.0).astype(np.float32)
+    return out

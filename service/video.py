@@ -191,7 +191,7 @@ class VideoWriter:
         self.grey = grey
         self.size = (info.width, info.height)
         self.writer = cv2.VideoWriter(
-            str(path), cv2.VideoWriter_fourcc(*fourcc), info.fps, self.size, not grey
+            str(path), cv2.VideoWriter.fourcc(*fourcc), info.fps, self.size, not grey
         )
         if not self.writer.isOpened():
             raise MediaError(f"{path}: OpenCV cannot write {codec} video here")
