@@ -191,7 +191,7 @@ def response_headers(image: PreparedImage, info: RefinementInfo) -> dict[str, st
     network = network_input(image)
     headers = {
         "X-Focus-Network-Size": f"{network.width}x{network.height}",
-        "X-Focus-Scale": f"{network.scale:g}",
+        "X-Focus-Scale": str(network.scale),
     }
     if info.refine != "none":
         headers["X-Focus-Refine"] = info.refine

@@ -67,7 +67,7 @@ FormatQuery = Annotated[
         "webp: the same mask as lossless WebP (decodes as RGB with R = G = B); "
         "json: the mask as base64 PNG plus statistics; rgba: the image with the mask as alpha; "
         "overlay: the mask tinted over the image.",
-        examples=["png"],
+        examples=["png", "webp"],
     ),
 ]
 EncodingQuery = Annotated[
@@ -75,7 +75,7 @@ EncodingQuery = Annotated[
     Query(
         description="How png/rgba/overlay images are encoded: png (default), webp (lossless; "
         "rgba keeps its alpha) or jpeg (quality 90, overlay only). format=webp implies webp.",
-        examples=["jpeg"],
+        examples=["jpeg", "webp"],
     ),
 ]
 RefineQuery = Annotated[

@@ -74,7 +74,7 @@ def test_every_image_response_states_the_network_size_and_scale(demo_client, pho
     h, w = resized_size(480, 640, 128, 512)  # the demo card's input geometry
     assert (h, w) == (128, 171)
     assert response.headers["x-focus-network-size"] == "171x128"
-    assert response.headers["x-focus-scale"] == f"{round(171 / 640, 6):g}"
+    assert response.headers["x-focus-scale"] == str(round(171 / 640, 6)) == "0.267188"
 
 
 def test_json_states_the_network_size_and_no_refinement_by_default(demo_client, photo) -> None:
