@@ -140,15 +140,18 @@ def guided_filter(
     if radius < 1 or eps <= 0 or subsample < 1:
         raise ValueError(f"bad guided-filter parameters r={radius} eps={eps} s={subsample}")
     h, w = src.shape
-    image = guide.astype(np.float32) * np.float32(1.0 / 255.0)
     p = np.asarray(src, np.float32)
+    # Full-resolution work goes one colour channel at a time: at 12 MP a float32 copy of the
+    # whole image is 144 MB, one channel 48 MB.
     if subsample > 1:
         size = (max(1, w // subsample), max(1, h // subsample))
-        image_s = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        image_s = np.dstack(
+            [cv2.resize(_channel(guide, c), size, interpolation=cv2.INTER_AREA) for c in range(3)]
+        )
         p_s = cv2.resize(p, size, interpolation=cv2.INTER_AREA)
         r = max(1, radius // subsample)
     else:
-        image_s, p_s, r = image, p, radius
+        image_s, p_s, r = np.dstack([_channel(guide, c) for c in range(3)]), p, radius
     mean_i = _box(image_s, r)  # [h, w, 3]
     mean_p = _box(p_s, r)  # [h, w]
     cov_ip = _box(image_s * p_s[..., None], r) - mean_i * mean_p[..., None]
@@ -182,11 +185,22 @@ def guided_filter(
     b = mean_p - (a * mean_i).sum(-1)
     mean_a = _box(a.astype(np.float32), r)
     mean_b = _box(b.astype(np.float32), r)
-    if subsample > 1:
-        mean_a = cv2.resize(mean_a, (w, h), interpolation=cv2.INTER_LINEAR)
-        mean_b = cv2.resize(mean_b, (w, h), interpolation=cv2.INTER_LINEAR)
-    q: np.ndarray = np.clip((mean_a * image).sum(-1) + mean_b, 0.0, 1.0).astype(np.float32)
-    return q
+
+    def full(x: np.ndarray) -> np.ndarray:
+        if subsample == 1:
+            return np.ascontiguousarray(x)
+        return np.asarray(cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR), np.float32)
+
+    q = full(mean_b)  # q = mean_a . I + mean_b, accumulated channel by channel
+    for c in range(3):
+        q += full(mean_a[..., c]) * _channel(guide, c)
+    out: np.ndarray = np.clip(q, 0.0, 1.0, out=q)
+    return out
+
+
+def _channel(guide: np.ndarray, c: int) -> np.ndarray:
+    """Channel ``c`` of a uint8 image as float32 in [0, 1]."""
+    return guide[..., c].astype(np.float32) * np.float32(1.0 / 255.0)
 
 
 def refine_guided(
@@ -208,23 +222,21 @@ def refine_guided(
 # ---------------------------------------------------------------------- foreground colours
 
 
-def _means(
-    fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, r: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Alpha-weighted local means of the foreground and background colours (box of radius r)."""
-    size = (2 * r + 1, 2 * r + 1)
-    a = alpha[..., None]
-    blurred_a = cv2.blur(alpha, size)[..., None]
-    mean_f = cv2.blur(fg * a, size) / (blurred_a + 1e-5)
-    mean_b = cv2.blur(bg * (1 - a), size) / ((1 - blurred_a) + 1e-5)
-    return mean_f, mean_b
+def _resize(x: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """``x`` at ``size`` (width, height); the same array when it already is."""
+    if (x.shape[1], x.shape[0]) == size:
+        return x
+    return np.asarray(cv2.resize(x, size, interpolation=interpolation), np.float32)
+
+
+def _blur(x: np.ndarray, r: int) -> np.ndarray:
+    return np.asarray(cv2.blur(x, (2 * r + 1, 2 * r + 1)), np.float32)
 
 
 def _fuse(image: np.ndarray, mean_f: np.ndarray, mean_b: np.ndarray, a: np.ndarray) -> np.ndarray:
     """F = mean_F + alpha (I - alpha mean_F - (1 - alpha) mean_B), clipped to [0, 1]."""
-    a3 = a[..., None]
-    out = image - a3 * mean_f - (1 - a3) * mean_b
-    out *= a3
+    out = image - a * mean_f - (1 - a) * mean_b
+    out *= a
     out += mean_f
     fused: np.ndarray = np.clip(out, 0.0, 1.0, out=out)
     return fused
@@ -235,33 +247,45 @@ def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray, edge_radius: int = 6
 
     Two blur-fusion passes (Forte & Pitie 2021): a wide one (an eighth of the short side) for
     the colours far from confident pixels, then one of ``edge_radius`` px for the soft band.
-    The wide pass's means are smooth, so they are computed at a sixteenth of its radius and
-    upsampled. Where alpha is 1 the result is the image; colours stay in 0..255 by construction.
+    Box-filtered means are smooth, so each pass computes them on a grid a sixteenth (wide) or
+    a quarter (edge) of its radius apart and upsamples them; the full-resolution work is done
+    one colour channel at a time (memory: a few float32 copies of one channel). Where alpha is
+    1 the result is the image; colours stay in 0..255 by construction.
     """
     if rgb.shape[:2] != alpha.shape or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"image {rgb.shape} and alpha {alpha.shape} must be HxWx3 and HxW")
     h, w = alpha.shape
-    image = rgb.astype(np.float32) * np.float32(1.0 / 255.0)
     a = np.clip(np.asarray(alpha, np.float32), 0.0, 1.0)
     wide = max(edge_radius + 1, min(h, w) // 8)
-    step = max(1, wide // 16)
-    if step > 1:
-        size = (max(1, w // step), max(1, h // step))
-        small_i = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        small_a = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
-        mean_f, mean_b = _means(small_i, small_i, small_a, max(1, wide // step))
-        mean_f = cv2.resize(mean_f, (w, h), interpolation=cv2.INTER_LINEAR)
-        mean_b = cv2.resize(mean_b, (w, h), interpolation=cv2.INTER_LINEAR)
-    else:
-        mean_f, mean_b = _means(image, image, a, wide)
-    fg = _fuse(image, mean_f, mean_b, a)
-    mean_f, _ = _means(fg, mean_b, a, max(1, edge_radius))
-    # The paper's second pass re-blurs the first pass's background mean at the small radius,
-    # which leaves that smooth mean nearly unchanged; it is reused as is.
-    fg = _fuse(image, mean_f, mean_b, a)
-    fg *= 255.0
-    fg += 0.5
-    return np.clip(fg, 0, 255).astype(np.uint8)
+    edge = max(1, edge_radius)
+    step_wide, step_edge = max(1, wide // 16), max(1, edge // 4)
+    size_wide = (max(1, w // step_wide), max(1, h // step_wide))
+    size_edge = (max(1, w // step_edge), max(1, h // step_edge))
+    r_wide, r_edge = max(1, wide // step_wide), max(1, edge // step_edge)
+    a_wide = _resize(a, size_wide, cv2.INTER_AREA)
+    a_edge = _resize(a, size_edge, cv2.INTER_AREA)
+    blurred_a_wide = _blur(a_wide, r_wide)
+    blurred_a_edge = _blur(a_edge, r_edge)
+    full = (w, h)
+    out = np.empty((h, w, 3), np.uint8)
+    for c in range(3):
+        image = rgb[..., c].astype(np.float32) * np.float32(1.0 / 255.0)
+        # Pass 1 (wide): F = B = the image.
+        small = _resize(image, size_wide, cv2.INTER_AREA)
+        mean_f = _blur(small * a_wide, r_wide) / (blurred_a_wide + 1e-5)
+        mean_b = _blur(small * (1 - a_wide), r_wide) / ((1 - blurred_a_wide) + 1e-5)
+        mean_b = _resize(mean_b, full, cv2.INTER_LINEAR)
+        fg = _fuse(image, _resize(mean_f, full, cv2.INTER_LINEAR), mean_b, a)
+        # Pass 2 (edge): the foreground mean from pass 1's F. The paper re-blurs pass 1's
+        # background mean at the small radius too, which leaves that smooth mean nearly
+        # unchanged; it is reused as is.
+        weighted = _resize(fg * a, size_edge, cv2.INTER_AREA)
+        mean_f = _blur(weighted, r_edge) / (blurred_a_edge + 1e-5)
+        fg = _fuse(image, _resize(mean_f, full, cv2.INTER_LINEAR), mean_b, a)
+        fg *= 255.0
+        fg += 0.5
+        out[..., c] = np.clip(fg, 0, 255).astype(np.uint8)
+    return out
 
 
 def foreground_radius(original: tuple[int, int], network: tuple[int, int]) -> int:
