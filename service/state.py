@@ -1,8 +1,11 @@
 """What one app instance holds: settings, metrics, the loaded models and their batchers.
 
 ``ServiceState.start`` loads every model in the repository (in a worker thread), warms each
-backend up with one inference, starts the batchers and only then marks the service ready;
-``stop`` marks it not ready, drains the batchers and releases the backends.
+backend up with one inference, starts one ``DeviceExecutor`` per device and the batchers, and
+only then marks the service ready. Shutting down has three steps: ``begin_drain`` (SIGTERM:
+/health/ready turns 503 while requests are still served), ``stop_accepting`` (new requests get
+503 ``shutting_down``) and ``stop`` (every batcher drains in parallel within one
+``FOCUS_TIMEOUT_S``, the executors' threads are joined, and only then are backends closed).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,10 +25,12 @@ import numpy as np
 from models.processing import preprocess_with_card
 from models.repository import ModelEntry, scan_repository
 from models.tasks import UnknownTaskError, canonical_task
+from service.admission import Admission
 from service.backends.base import Backend
 from service.backends.factory import create_backend
 from service.batcher import Batcher
 from service.errors import ErrorCode, ServiceError
+from service.executor import DeviceExecutor
 from service.metrics import Metrics
 from service.pipeline import limit_library_threads
 from service.settings import Settings
@@ -41,7 +47,7 @@ def default_backend_factory(entry: ModelEntry, settings: Settings) -> Backend:
         backend=settings.backend,
         device=settings.device,
         require_gpu=settings.require_gpu,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=settings.inference_threads,
         engine_cache=settings.engine_cache,
     )
 
@@ -84,8 +90,15 @@ class ServiceState:
         self.metrics = metrics
         self.backend_factory = backend_factory
         self.models: dict[str, LoadedModel] = {}
+        self.executors: dict[str, DeviceExecutor] = {}
         self.ready = False
+        self.draining = False
         self.cpu_limiter: anyio.CapacityLimiter | None = None
+        self.admission = Admission(
+            max_inflight_per_task=settings.max_inflight_per_task,
+            max_inflight_pixels=settings.max_inflight_pixels,
+            metrics=metrics,
+        )
 
     async def run_cpu(self, func: Callable[..., T], *args: Any) -> T:
         """Run CPU-bound image work in the thread pool, at most ``cpu_slots`` at a time.
@@ -132,6 +145,14 @@ class ServiceState:
             raise
         return loaded
 
+    def executor(self, device: str) -> DeviceExecutor:
+        """The one executor of ``device`` (created and started on first use)."""
+        executor = self.executors.get(device)
+        if executor is None:
+            executor = self.executors[device] = DeviceExecutor(device)
+            executor.start()
+        return executor
+
     async def start(self) -> None:
         limit_library_threads()
         loaded = await asyncio.to_thread(self._load)
@@ -144,6 +165,7 @@ class ServiceState:
                 max_delay_s=s.max_delay_s,
                 max_queue=s.max_queue,
                 metrics=self.metrics,
+                executor=self.executor(backend.device),
             )
             batcher.start()
             self.models[entry.task] = LoadedModel(entry=entry, backend=backend, batcher=batcher)
@@ -154,10 +176,37 @@ class ServiceState:
         self.ready = True
         logger.info("ready: %s", ", ".join(self.available))
 
-    async def stop(self) -> None:
+    def begin_drain(self) -> None:
+        """SIGTERM: report not ready (load balancers stop routing), keep serving for now."""
+        if not self.draining:
+            logger.info("draining: /health/ready answers 503 from now on")
+        self.draining = True
         self.ready = False
-        for loaded in self.models.values():
-            await loaded.batcher.stop(drain_timeout=self.settings.timeout_s)
-            loaded.backend.close()
+
+    def stop_accepting(self) -> None:
+        """After the drain delay: new requests get 503 shutting_down; admitted ones finish."""
+        self.begin_drain()
+        self.admission.accepting = False
+
+    async def stop(self) -> None:
+        """Drain every batcher in parallel (one FOCUS_TIMEOUT_S), join threads, close backends."""
+        self.stop_accepting()
+        timeout = self.settings.timeout_s
+        models = list(self.models.values())
+        started = time.perf_counter()
+        drains = [asyncio.ensure_future(m.batcher.drain()) for m in models]
+        if drains:
+            _, late = await asyncio.wait(drains, timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                logger.warning("queues not drained within %.1fs; failing the rest", timeout)
+        for executor in self.executors.values():
+            await executor.stop(timeout=max(0.0, timeout - (time.perf_counter() - started)))
+        for m in models:
+            m.batcher.abort()  # anything still queued after the timeout: 503
+            m.backend.close()  # no executor thread can be inside infer any more
+        self.executors.clear()
         self.models.clear()
+        logger.info("stopped in %.2fs", time.perf_counter() - started)
         self.metrics.mark_process_dead()
