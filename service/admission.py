@@ -37,8 +37,35 @@ logger = logging.getLogger(__name__)
 SNIFF_AT: tuple[int, ...] = (64, 1024, 16 * 1024, 128 * 1024, 1024 * 1024)
 
 
+def _webp_size(prefix: bytes) -> tuple[int, int] | None:
+    """A WebP's canvas size from its first 30 bytes (Pillow's WebP reader needs the whole file).
+
+    RIFF container, then the first chunk: ``VP8X`` (extended: 24-bit width-1, height-1),
+    ``VP8L`` (lossless: 14-bit width-1, height-1 after a signature byte) or ``VP8 `` (lossy:
+    14-bit width and height after the key-frame start code).
+    """
+    if len(prefix) < 30 or prefix[:4] != b"RIFF" or prefix[8:12] != b"WEBP":
+        return None
+    chunk = prefix[12:16]
+    if chunk == b"VP8X":
+        width = 1 + int.from_bytes(prefix[24:27], "little")
+        height = 1 + int.from_bytes(prefix[27:30], "little")
+        return width, height
+    if chunk == b"VP8L" and prefix[20] == 0x2F:
+        bits = int.from_bytes(prefix[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 " and prefix[23:26] == b"\x9d\x01\x2a":
+        width = int.from_bytes(prefix[26:28], "little") & 0x3FFF
+        height = int.from_bytes(prefix[28:30], "little") & 0x3FFF
+        return width, height
+    return None
+
+
 def header_pixels(prefix: bytes) -> int | None:
     """Width x height from an image header (a prefix of the file), or None if not there yet."""
+    webp = _webp_size(prefix)
+    if webp is not None:
+        return webp[0] * webp[1] if webp[0] > 0 and webp[1] > 0 else None
     Image.init()
     formats = [f for f in DECODE_FORMATS if f in Image.OPEN]
     try:

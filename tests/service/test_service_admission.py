@@ -152,9 +152,13 @@ def test_per_task_limit_refuses_before_reading_the_body(
             await _until(lambda: len(made["camouflage"].batches) == 2)
             upload = Upload(png_320x240)
             await app(_scope("/segment/cod", "image/png"), upload.receive, upload.send)
-            other_task = await client.post("/segment/salient", content=png_320x240, headers=PNG)
-            made["camouflage"].gate.set()
-            return upload, await first, other_task, (await client.get("/metrics")).text
+            other = asyncio.create_task(  # admitted: another task has its own slots
+                client.post("/segment/salient", content=png_320x240, headers=PNG)
+            )
+            await _until(lambda: app.state.focus.admission.inflight.get("salient") == 1)
+            made["camouflage"].gate.set()  # (one executor: salient computes after camouflage)
+            first, other_task = await asyncio.gather(first, other)
+            return upload, first, other_task, (await client.get("/metrics")).text
 
     upload, first, other_task, metrics = run(scenario())
     assert upload.status == 503
@@ -190,8 +194,9 @@ def test_pixel_budget_refuses_from_the_header(make_settings, multipart: bool) ->
             upload = Upload(body)
             await app(_scope("/segment/cod", kind, len(body)), upload.receive, upload.send)
             made["camouflage"].gate.set()
+            first = await first
             alone = await client.post("/segment/cod", content=big, headers=PNG)
-            return inflight, upload, len(upload.chunks), await first, alone
+            return inflight, upload, len(upload.chunks), first, alone
 
     inflight, upload, chunks, first, alone = run(scenario())
     assert inflight == 76_800
