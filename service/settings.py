@@ -120,7 +120,7 @@ class Settings(BaseSettings):
         "encoding); more get 503 overloaded before their body is read.",
     )
     max_inflight_pixels: int = Field(
-        default=2 * DEFAULT_MAX_PIXELS,
+        default=DEFAULT_MAX_PIXELS,
         ge=1,
         description="Decoded pixels (width x height, from the image header) of all admitted "
         "requests together; a request that does not fit gets 503 overloaded at once. Bounds "

@@ -135,7 +135,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     ),
     503: error_doc(
         ErrorCode.OVERLOADED,
-        "the server is busy with 40000000 pixels of images (the budget is 80000000); "
+        "the server is busy with 30000000 pixels of images (the budget is 40000000); "
         "this 48000000-pixel image does not fit; retry later",
         "Overloaded (admission), queue full or shutting down; see Retry-After",
     ),

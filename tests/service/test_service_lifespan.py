@@ -99,7 +99,7 @@ def test_settings_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyP
         "pull": None,
         "require_pull": False,
         "max_inflight_per_task": 64,
-        "max_inflight_pixels": 80_000_000,
+        "max_inflight_pixels": 40_000_000,
         "read_timeout_s": 30.0,
         "drain_delay_s": 5.0,
     }
