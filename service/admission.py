@@ -61,11 +61,15 @@ def _webp_size(prefix: bytes) -> tuple[int, int] | None:
     return None
 
 
-def header_pixels(prefix: bytes) -> int | None:
-    """Width x height from an image header (a prefix of the file), or None if not there yet."""
+def header_size(prefix: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image header (a prefix of the file), or None if not there yet.
+
+    Raises Pillow's ``DecompressionBombError`` for a header announcing over twice
+    ``Image.MAX_IMAGE_PIXELS``, as decoding would.
+    """
     webp = _webp_size(prefix)
     if webp is not None:
-        return webp[0] * webp[1] if webp[0] > 0 and webp[1] > 0 else None
+        return webp if webp[0] > 0 and webp[1] > 0 else None
     Image.init()
     formats = [f for f in DECODE_FORMATS if f in Image.OPEN]
     try:
@@ -74,12 +78,18 @@ def header_pixels(prefix: bytes) -> int | None:
             with Image.open(io.BytesIO(prefix), formats=formats) as img:
                 width, height = img.size
     except Image.DecompressionBombError:
-        return Image.MAX_IMAGE_PIXELS * 2 + 1 if Image.MAX_IMAGE_PIXELS else None
+        raise
     except Exception:  # truncated header, not an image (yet): decoding will say which
         return None
     if width <= 0 or height <= 0:
         return None
-    return int(width) * int(height)
+    return int(width), int(height)
+
+
+def header_pixels(prefix: bytes) -> int | None:
+    """Width x height from an image header prefix, or None (see ``header_size``)."""
+    size = header_size(prefix)
+    return None if size is None else size[0] * size[1]
 
 
 class Admission:
@@ -137,14 +147,15 @@ class Permit:
     pixels: int = 0
     released: bool = field(default=False, init=False)
 
-    def reserve(self, pixels: int, max_pixels: int) -> None:
+    def reserve(self, width: int, height: int, max_pixels: int) -> None:
         """Reserve the image's decoded pixels (once); 413 above ``max_pixels``, 503 if full."""
         if self.pixels or self.released:
             return
-        if pixels > max_pixels:
+        pixels = width * height
+        if pixels > max_pixels:  # the decoder's own message, before anything is decoded
             raise ServiceError(
                 ErrorCode.IMAGE_TOO_LARGE,
-                f"image is {pixels} pixels (from its header); the limit is {max_pixels}",
+                f"image is {width}x{height} = {pixels} pixels; the limit is {max_pixels}",
             )
         self.admission._reserve(self.task, pixels)
         self.pixels = pixels
@@ -195,10 +206,17 @@ class HeaderSniffer:
         self._buffer = bytearray()
 
     def _try(self, prefix: bytes) -> bool:
-        pixels = header_pixels(prefix)
-        if pixels is None:
+        try:
+            size = header_size(prefix)
+        except Image.DecompressionBombError:
+            raise ServiceError(
+                ErrorCode.IMAGE_TOO_LARGE,
+                f"image is larger than the pixel limit of {self.max_pixels} "
+                "(decompression bomb guard)",
+            ) from None
+        if size is None:
             return False
-        self.pixels = pixels
+        self.pixels = size[0] * size[1]
         self._buffer = bytearray()
-        self.permit.reserve(pixels, self.max_pixels)
+        self.permit.reserve(size[0], size[1], self.max_pixels)
         return True

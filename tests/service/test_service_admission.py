@@ -227,7 +227,7 @@ def test_image_over_max_pixels_is_refused_from_its_header(make_settings) -> None
     assert upload.json() == {
         "error": {
             "code": "image_too_large",
-            "message": "image is 76800 pixels (from its header); the limit is 50000",
+            "message": "image is 320x240 = 76800 pixels; the limit is 50000",
         }
     }
     assert upload.pulled < len(upload.chunks)

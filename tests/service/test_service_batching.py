@@ -284,7 +284,9 @@ def test_disconnected_client_is_dropped_before_compute(make_settings, png_320x24
     assert batches == [1, 1]  # warm-up and the first request only: the abandoned one never ran
     assert sent[0]["status"] == 499
     assert (
-        metric_value(metrics, "focus_dropped_requests_total", task="camouflage", reason="client_gone")
+        metric_value(
+            metrics, "focus_dropped_requests_total", task="camouflage", reason="client_gone"
+        )
         == 1
     )
     assert metric_value(metrics, "focus_requests_total", task="camouflage", code="499") == 1
@@ -305,7 +307,6 @@ def test_graceful_shutdown_drains_the_queue(make_settings, png_320x240: bytes) -
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             backend = made["camouflage"]
-            batcher = app.state.focus.models["camouflage"].batcher
             backend.gate.clear()
             pending = [
                 asyncio.create_task(client.post("/segment/cod", content=png_320x240, headers=PNG))

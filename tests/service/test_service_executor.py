@@ -260,3 +260,88 @@ def test_stop_waits_for_the_computing_batch_and_fails_the_assembled_one(tiny_bac
     with pytest.raises(ServiceError) as refused:
         assembled.result()
     assert refused.value.code.value == "shutting_down"
+
+
+# ------------------------------------------------------------- threads, buckets, geometry
+
+
+def test_every_runtime_gets_the_one_thread_setting_and_never_spins(
+    make_settings, single_task_repository
+) -> None:
+    from models.repository import scan_repository
+    from service.settings import usable_cores
+
+    settings = make_settings(intra_op_threads=0)
+    assert settings.inference_threads == usable_cores()
+    entry = scan_repository(single_task_repository)["camouflage"]
+    backend = default_backend_factory(entry, settings)
+    try:
+        options = backend.session.get_session_options()
+        assert options.intra_op_num_threads == usable_cores()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    finally:
+        backend.close()
+    assert make_settings(intra_op_threads=3).inference_threads == 3
+
+
+@pytest.mark.parametrize("timeout_s", [30.0, 100.0])
+def test_duration_buckets_reach_the_deadline(make_settings, timeout_s: float) -> None:
+    """A wait that ends in a 504 (just under FOCUS_TIMEOUT_S) still lands in a finite bucket."""
+    metrics = create_app(make_settings(timeout_s=timeout_s)).state.focus.metrics
+    histograms = {
+        "focus_request_duration_seconds": metrics.request_duration.labels(task="camouflage"),
+        "focus_queue_duration_seconds": metrics.queue_duration.labels(task="camouflage"),
+        "focus_compute_duration_seconds": metrics.compute_duration.labels(
+            task="camouflage", backend="onnxruntime"
+        ),
+        "focus_preprocess_duration_seconds": metrics.preprocess_duration.labels(task="camouflage"),
+        "focus_postprocess_duration_seconds": metrics.postprocess_duration.labels(
+            task="camouflage"
+        ),
+    }
+    for child in histograms.values():
+        child.observe(0.95 * timeout_s)
+    text = metrics.exposition()[0].decode()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        if family.name not in histograms:
+            continue
+        finite = [
+            s for s in family.samples
+            if s.name.endswith("_bucket") and s.labels["le"] != "+Inf" and s.value == 1
+        ]  # fmt: skip
+        assert finite, f"{family.name}: {0.95 * timeout_s}s only in the +Inf bucket"
+
+
+def test_an_extreme_aspect_ratio_is_served_at_the_minimum_side(make_settings) -> None:
+    """A 20x2000 strip resizes to a side under 32 px; it pads to MIN_INPUT_SIDE, never below."""
+    from models.contract import MIN_INPUT_SIDE
+
+    made: dict[str, Any] = {}
+    app = create_app(make_settings(), backend_factory=factory(WrappedBackend, made))
+    shapes: list[tuple[int, int]] = []
+    real_infer = WrappedBackend.infer
+
+    def infer(self, image, edges):
+        shapes.append((int(image.shape[2]), int(image.shape[3])))
+        return real_infer(self, image, edges)
+
+    async def scenario():
+        async with running_app(app) as client:
+            return [
+                await client.post("/segment/cod", content=image_bytes(h, w), headers=PNG)
+                for h, w in ((20, 2000), (2000, 20))
+            ]
+
+    WrappedBackend.infer = infer  # type: ignore[method-assign]
+    try:
+        responses = run(scenario())
+    finally:
+        WrappedBackend.infer = real_infer  # type: ignore[method-assign]
+    from service_testing import decode_png
+
+    assert [r.status_code for r in responses] == [200, 200]
+    assert [decode_png(r.content).size for r in responses] == [(2000, 20), (20, 2000)]
+    assert min(min(s) for s in shapes) == MIN_INPUT_SIDE
