@@ -19,12 +19,13 @@ factory-built app too.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import signal
 import time
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import uvicorn
 
@@ -85,12 +86,15 @@ class DrainingServer(uvicorn.Server):
 
 def uvicorn_config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config:
     """The uvicorn configuration of ``focus serve`` (timeouts from the settings)."""
+    # uvicorn calls ``http(config=..., server_state=..., app_state=...)``: a partial works like
+    # the class, and pickles for the worker processes of FOCUS_WORKERS > 1.
+    protocol = functools.partial(HeaderTimeoutProtocol, read_timeout_s=settings.read_timeout_s)
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        http=functools.partial(HeaderTimeoutProtocol, read_timeout_s=settings.read_timeout_s),
+        http=cast("type[asyncio.Protocol]", protocol),
         # in-flight requests end within their deadline; the batchers' drain has its own
         timeout_graceful_shutdown=int(settings.timeout_s) + 1,
         **extra,

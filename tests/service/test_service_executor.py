@@ -345,3 +345,36 @@ def test_an_extreme_aspect_ratio_is_served_at_the_minimum_side(make_settings) ->
     assert [r.status_code for r in responses] == [200, 200]
     assert [decode_png(r.content).size for r in responses] == [(2000, 20), (20, 2000)]
     assert min(min(s) for s in shapes) == MIN_INPUT_SIDE
+
+
+class ClosingWatcher(WrappedBackend):
+    """Records the service's inference/assembly threads still alive when it is closed."""
+
+    alive_at_close: list[list[str]] = []
+
+    def close(self) -> None:
+        names = [t.name for t in threading.enumerate() if t.name.startswith("focus-")]
+        type(self).alive_at_close.append(names)
+        super().close()
+
+
+def test_executor_threads_stop_before_backends_close(make_settings, model_repository) -> None:
+    ClosingWatcher.alive_at_close = []
+    made: dict[str, Any] = {}
+    app = create_app(
+        make_settings(model_repository=model_repository, max_batch_size=2),
+        backend_factory=factory(ClosingWatcher, made),
+    )
+
+    async def scenario():
+        async with running_app(app) as client:
+            responses = await asyncio.gather(
+                *(
+                    client.post(f"/segment/{task}", content=image_bytes(240, 320), headers=PNG)
+                    for task in ("camouflage", "salient", "shadow")
+                )
+            )
+        return responses
+
+    assert [r.status_code for r in run(scenario())] == [200] * 3
+    assert ClosingWatcher.alive_at_close == [[], [], []]  # every backend closed, no thread left
