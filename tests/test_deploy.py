@@ -49,6 +49,7 @@ DOCUMENTED_METRICS = frozenset(
         "focus_preprocess_duration_seconds",
         "focus_postprocess_duration_seconds",
         "focus_dropped_requests_total",
+        "focus_inflight_pixels",
     }
 )
 DOCUMENTED_ROUTES = (
