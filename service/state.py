@@ -3,14 +3,19 @@
 ``ServiceState.start`` loads every model in the repository (in a worker thread), warms each
 backend up with one inference, starts the batchers and only then marks the service ready;
 ``stop`` marks it not ready, drains the batchers and releases the backends.
+
+Each task's model sits in a ``ModelSlot`` (service/model_slot.py): requests bind to it with
+``bind``; ``reload`` rescans the repository and switches tasks to new versions without dropping
+a request (also every ``FOCUS_REPOSITORY_POLL_S`` seconds when that is set).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,15 +24,17 @@ import anyio.to_thread
 import numpy as np
 
 from models.processing import preprocess_with_card
-from models.repository import ModelEntry, scan_repository
+from models.repository import ModelEntry, RepositoryError, scan_repository, scan_versions
 from models.tasks import UnknownTaskError, canonical_task
 from service.backends.base import Backend
 from service.backends.factory import create_backend
 from service.batcher import Batcher
+from service.cache import ResponseCache
 from service.errors import ErrorCode, ServiceError
 from service.metrics import Metrics
+from service.model_slot import ModelSlot, ReloadOutcome, describe_error
 from service.pipeline import limit_library_threads
-from service.settings import Settings
+from service.settings import MiB, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +90,15 @@ class ServiceState:
         self.settings = settings
         self.metrics = metrics
         self.backend_factory = backend_factory
-        self.models: dict[str, LoadedModel] = {}
+        self.slots: dict[str, ModelSlot[LoadedModel]] = {}
+        self.pins: dict[str, int] = settings.pinned_versions  # POST /admin/reload may change them
         self.ready = False
         self.cpu_limiter: anyio.CapacityLimiter | None = None
+        self._reload_lock = asyncio.Lock()
+        self.cache = (
+            ResponseCache(int(settings.cache_mb * MiB), metrics) if settings.cache_mb > 0 else None
+        )
+        self._poller: asyncio.Task[None] | None = None
 
     async def run_cpu(self, func: Callable[..., T], *args: Any) -> T:
         """Run CPU-bound image work in the thread pool, at most ``cpu_slots`` at a time.
@@ -99,10 +112,25 @@ class ServiceState:
 
     @property
     def available(self) -> tuple[str, ...]:
-        return tuple(sorted(self.models))
+        return tuple(sorted(self.slots))
+
+    @property
+    def models(self) -> dict[str, LoadedModel]:
+        """The active model of every task."""
+        return {task: slot.active for task, slot in self.slots.items()}
 
     def model(self, name: str) -> LoadedModel:
-        """The loaded model for a task name or alias; 404 ``unknown_task`` otherwise."""
+        """The active model for a task name or alias; 404 ``unknown_task`` otherwise."""
+        return self.slot(name).active
+
+    @contextlib.asynccontextmanager
+    async def bind(self, name: str) -> AsyncIterator[LoadedModel]:
+        """The task's active model, kept for this request even if a reload switches meanwhile."""
+        async with self.slot(name).bind() as loaded:
+            yield loaded
+
+    def slot(self, name: str) -> ModelSlot[LoadedModel]:
+        """The slot for a task name or alias; 404 ``unknown_task`` otherwise."""
         available = ", ".join(self.available) or "none"
         try:
             task = canonical_task(name)
@@ -110,54 +138,175 @@ class ServiceState:
             raise ServiceError(
                 ErrorCode.UNKNOWN_TASK, f"unknown task {name!r}; available: {available}"
             ) from None
-        loaded = self.models.get(task)
-        if loaded is None:
+        slot = self.slots.get(task)
+        if slot is None:
             raise ServiceError(
                 ErrorCode.UNKNOWN_TASK, f"no model for task {task!r}; available: {available}"
             )
-        return loaded
+        return slot
 
     def _load(self) -> list[tuple[ModelEntry, Backend]]:
-        entries = scan_repository(self.settings.model_repository)
+        entries = scan_repository(self.settings.model_repository, self.pins)
         loaded: list[tuple[ModelEntry, Backend]] = []
         try:
             for entry in entries.values():
-                backend = self.backend_factory(entry, self.settings)
-                logger.info("%s: loaded %s", entry.task, backend.describe())
-                warm_up(backend)
-                loaded.append((entry, backend))
+                loaded.append((entry, self._load_backend(entry)))
         except BaseException:
             for _, backend in loaded:
                 backend.close()
             raise
         return loaded
 
+    def _load_backend(self, entry: ModelEntry) -> Backend:
+        """Build and warm one version's backend (in a worker thread); nothing left on failure."""
+        backend = self.backend_factory(entry, self.settings)
+        try:
+            logger.info("%s: version %d: loaded %s", entry.task, entry.version,
+                        backend.describe())  # fmt: skip
+            warm_up(backend)
+        except BaseException:
+            backend.close()
+            raise
+        return backend
+
+    def _serve(self, entry: ModelEntry, backend: Backend) -> LoadedModel:
+        """Start serving a loaded backend: its batcher, its ``focus_model_info`` series."""
+        s = self.settings
+        batcher = Batcher(
+            entry.task,
+            backend,
+            max_batch_size=s.max_batch_size,
+            max_delay_s=s.max_delay_s,
+            max_queue=s.max_queue,
+            metrics=self.metrics,
+        )
+        batcher.start()
+        self.metrics.model_info.labels(**self._info_labels(entry, backend)).set(1)
+        return LoadedModel(entry=entry, backend=backend, batcher=batcher)
+
+    async def _release(self, loaded: LoadedModel) -> None:
+        """Drain a model's batcher and free its backend (shutdown, or after a switch)."""
+        await loaded.batcher.stop(drain_timeout=self.settings.timeout_s)
+        loaded.backend.close()
+        with contextlib.suppress(KeyError):
+            self.metrics.model_info.remove(
+                *self._info_labels(loaded.entry, loaded.backend).values()
+            )
+
+    @staticmethod
+    def _info_labels(entry: ModelEntry, backend: Backend) -> dict[str, str]:
+        card = backend.card
+        return {
+            "task": entry.task,
+            "backend": backend.name,
+            "preset": card.preset,
+            "version": card.version,
+            "repository_version": str(entry.version),
+        }
+
+    async def _load_and_serve(self, entry: ModelEntry) -> LoadedModel:
+        backend = await asyncio.to_thread(self._load_backend, entry)
+        return self._serve(entry, backend)
+
+    def _new_slot(self, loaded: LoadedModel) -> ModelSlot[LoadedModel]:
+        return ModelSlot(
+            loaded.task,
+            loaded,
+            load=self._load_and_serve,
+            unload=self._release,
+            drain_timeout_s=self.settings.timeout_s,
+        )
+
     async def start(self) -> None:
         limit_library_threads()
         loaded = await asyncio.to_thread(self._load)
-        s = self.settings
         for entry, backend in loaded:
-            batcher = Batcher(
-                entry.task,
-                backend,
-                max_batch_size=s.max_batch_size,
-                max_delay_s=s.max_delay_s,
-                max_queue=s.max_queue,
-                metrics=self.metrics,
-            )
-            batcher.start()
-            self.models[entry.task] = LoadedModel(entry=entry, backend=backend, batcher=batcher)
-            card = backend.card
-            self.metrics.model_info.labels(
-                task=entry.task, backend=backend.name, preset=card.preset, version=card.version
-            ).set(1)
+            self.slots[entry.task] = self._new_slot(self._serve(entry, backend))
         self.ready = True
-        logger.info("ready: %s", ", ".join(self.available))
+        logger.info("ready: %s", ", ".join(
+            f"{task} (version {slot.version})" for task, slot in sorted(self.slots.items())
+        ))  # fmt: skip
+        if self.settings.repository_poll_s > 0:
+            self._poller = asyncio.create_task(self._poll(), name="focus-repository-poll")
+
+    async def reload(
+        self, task: str | None = None, version: int | None = None, *, polling: bool = False
+    ) -> list[ReloadOutcome]:
+        """Rescan the repository and serve what it says now, task by task.
+
+        ``task`` limits the reload to one task; ``version`` (with ``task``) pins it to that
+        version from now on. Each task switches to its pinned or highest version through its
+        slot; a version that fails keeps the old one serving (its outcome says why). A new task
+        in the repository starts being served. ``polling`` skips versions that already failed
+        (an explicit reload retries them). Raises ``RepositoryError`` when the repository cannot
+        be read at all (nothing changes then).
+        """
+        async with self._reload_lock:
+            only = canonical_task(task) if task is not None else None
+            found = await asyncio.to_thread(scan_versions, self.settings.model_repository)
+            if only is not None and only not in found:
+                raise RepositoryError(
+                    f"no model for task {only!r} in {self.settings.model_repository}"
+                )
+            outcomes = []
+            for name in sorted(found if only is None else {only}):
+                pinned = version if name == only and version is not None else self.pins.get(name)
+                outcome = await self._reload_task(name, found[name], pinned, polling=polling)
+                if outcome is None:
+                    continue
+                outcomes.append(outcome)
+                self.metrics.model_reloads.labels(task=name, outcome=outcome.status).inc()
+                if name == only and version is not None and outcome.status != "failed":
+                    self.pins[name] = version  # later reloads and polls keep this version
+            return outcomes
+
+    async def _reload_task(
+        self, task: str, versions: list[ModelEntry], pinned: int | None, *, polling: bool
+    ) -> ReloadOutcome | None:
+        slot = self.slots.get(task)
+        current = slot.version if slot is not None else None
+        match = [e for e in versions if pinned is None or e.version == pinned]
+        if not match:
+            have = ", ".join(str(e.version) for e in versions)
+            reason = f"pinned version {pinned} is not in the repository (has {have})"
+            logger.error("%s: %s", task, reason)
+            assert pinned is not None  # only a pin can match nothing
+            return ReloadOutcome(task, "failed", pinned, current, current, error=reason)
+        entry = match[-1]
+        if slot is not None:
+            if polling and entry.version in slot.failed and entry.version != slot.version:
+                return None  # failed before; an explicit reload retries it
+            return await slot.switch_to(entry)
+        try:
+            loaded = await self._load_and_serve(entry)
+        except Exception as exc:
+            logger.exception("%s: version %d failed to load", task, entry.version)
+            return ReloadOutcome(task, "failed", entry.version, None, None,
+                                 error=describe_error(exc))  # fmt: skip
+        self.slots[task] = self._new_slot(loaded)
+        logger.info("%s: serving version %d (new task)", task, entry.version)
+        return ReloadOutcome(task, "loaded", entry.version, entry.version, None)
+
+    async def _poll(self) -> None:
+        """``FOCUS_REPOSITORY_POLL_S``: reload every so often; failures are logged, not fatal."""
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_s)
+            try:
+                for outcome in await self.reload(polling=True):
+                    if outcome.status != "unchanged":
+                        log = logger.error if outcome.status == "failed" else logger.info
+                        log("repository poll: %s", outcome.describe())
+            except Exception:
+                logger.exception("repository poll failed; serving what is loaded")
 
     async def stop(self) -> None:
         self.ready = False
-        for loaded in self.models.values():
-            await loaded.batcher.stop(drain_timeout=self.settings.timeout_s)
-            loaded.backend.close()
-        self.models.clear()
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        async with self._reload_lock:  # a reload under way finishes first
+            await asyncio.gather(*(slot.close() for slot in self.slots.values()))
+            self.slots.clear()
         self.metrics.mark_process_dead()
