@@ -79,6 +79,7 @@ def test_tasks_lists_models_with_metadata(client: TestClient) -> None:
                     "version": "test",
                     "backend": "onnxruntime",
                     "device": "cpu",
+                    "repository_version": 1,
                 },
                 "input": {"short_side": 256, "max_size": 1024, "size_divisibility": 32},
                 "max_batch_size": 8,
@@ -106,8 +107,8 @@ def test_metrics_exposes_every_focus_metric(client: TestClient, png_320x240: byt
         assert f"# TYPE {name} " in text, name
     assert 'focus_requests_total{code="200",task="camouflage"}' in text
     assert (
-        'focus_model_info{backend="onnxruntime",preset="tiny",task="camouflage",version="test"} 1.0'
-        in text
+        'focus_model_info{backend="onnxruntime",preset="tiny",repository_version="1",'
+        'task="camouflage",version="test"} 1.0' in text
     )
     assert 'focus_batch_size_bucket{le="1.0",task="camouflage"}' in text
 
@@ -219,7 +220,7 @@ def test_segment_json_has_mask_and_statistics(client: TestClient, png_320x240: b
     assert base64.b64decode(body["mask_png_base64"]) == png  # the same mask as format=png
     assert body["model"] == {
         "task": "camouflage", "preset": "tiny", "version": "test",
-        "backend": "onnxruntime", "device": "cpu",
+        "backend": "onnxruntime", "device": "cpu", "repository_version": 1,
     }  # fmt: skip
     assert 0.0 <= body["foreground_fraction"] <= 1.0
     assert 0.5 <= body["mean_confidence"] <= 1.0

@@ -133,7 +133,8 @@ def test_startup_fails_when_a_pinned_version_is_missing(repo) -> None:
         async with running(create_app(_settings(repo, model_versions="camouflage:7"))):
             pass
 
-    with pytest.raises(RepositoryError, match=r"camouflage: pinned version 7 is not in .* \(has 1\)"):
+    message = r"camouflage: pinned version 7 is not in .* \(has 1\)"
+    with pytest.raises(RepositoryError, match=message):
         run(scenario())
 
 
