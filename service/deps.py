@@ -53,6 +53,7 @@ ApiKeyDep = Depends(require_api_key)
 
 _admin_key_header = APIKeyHeader(
     name=ADMIN_KEY_HEADER,
+    scheme_name="AdminKey",  # not the class name: the X-API-Key scheme already has that
     auto_error=False,
     description="Required on /admin routes; they are off unless the server sets FOCUS_ADMIN_KEY.",
 )
@@ -61,11 +62,11 @@ _admin_key_header = APIKeyHeader(
 def require_admin_key(
     settings: SettingsDep, key: Annotated[str | None, Security(_admin_key_header)] = None
 ) -> None:
-    """404 while FOCUS_ADMIN_KEY is unset (the admin API is off), 401 without the right key."""
+    """403 while FOCUS_ADMIN_KEY is unset (the admin API is off), 401 without the right key."""
     expected = settings.admin_key_value()
     if expected is None:
         raise ServiceError(
-            ErrorCode.NOT_FOUND, "the admin API is off; set FOCUS_ADMIN_KEY to enable it"
+            ErrorCode.FORBIDDEN, "the admin API is off; set FOCUS_ADMIN_KEY to enable it"
         )
     if key is None or not secrets.compare_digest(key.encode(), expected.encode()):
         raise ServiceError(ErrorCode.UNAUTHORIZED, f"missing or invalid {ADMIN_KEY_HEADER} header")

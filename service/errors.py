@@ -42,6 +42,7 @@ class ErrorCode(str, Enum):
     SHUTTING_DOWN = "shutting_down"
     TIMEOUT = "timeout"
     RELOAD_FAILED = "reload_failed"
+    FORBIDDEN = "forbidden"
 
 
 STATUS: dict[ErrorCode, int] = {
@@ -63,6 +64,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.TIMEOUT: 504,
     ErrorCode.RELOAD_FAILED: 422,  # the repository's new version cannot be served; old one serves
+    ErrorCode.FORBIDDEN: 403,  # e.g. the admin API while FOCUS_ADMIN_KEY is unset
 }
 
 RETRY_AFTER_S = 1  # sent with every 503: the queue drains within a few batches

@@ -93,6 +93,7 @@ class ServiceState:
         self.slots: dict[str, ModelSlot[LoadedModel]] = {}
         self.pins: dict[str, int] = settings.pinned_versions  # POST /admin/reload may change them
         self.ready = False
+        self.stopping = False  # new requests are refused; admitted ones finish
         self.cpu_limiter: anyio.CapacityLimiter | None = None
         self._reload_lock = asyncio.Lock()
         self.cache = (
@@ -126,7 +127,10 @@ class ServiceState:
     @contextlib.asynccontextmanager
     async def bind(self, name: str) -> AsyncIterator[LoadedModel]:
         """The task's active model, kept for this request even if a reload switches meanwhile."""
-        async with self.slot(name).bind() as loaded:
+        slot = self.slot(name)
+        if self.stopping:
+            raise ServiceError(ErrorCode.SHUTTING_DOWN, "the service is shutting down")
+        async with slot.bind() as loaded:
             yield loaded
 
     def slot(self, name: str) -> ModelSlot[LoadedModel]:
@@ -256,6 +260,9 @@ class ServiceState:
                     continue
                 outcomes.append(outcome)
                 self.metrics.model_reloads.labels(task=name, outcome=outcome.status).inc()
+                if outcome.status != "unchanged":
+                    log = logger.error if outcome.status == "failed" else logger.info
+                    log("reload: %s", outcome.describe())
                 if name == only and version is not None and outcome.status != "failed":
                     self.pins[name] = version  # later reloads and polls keep this version
             return outcomes
@@ -292,15 +299,13 @@ class ServiceState:
         while True:
             await asyncio.sleep(self.settings.repository_poll_s)
             try:
-                for outcome in await self.reload(polling=True):
-                    if outcome.status != "unchanged":
-                        log = logger.error if outcome.status == "failed" else logger.info
-                        log("repository poll: %s", outcome.describe())
+                await self.reload(polling=True)  # logs what it switched and what failed
             except Exception:
                 logger.exception("repository poll failed; serving what is loaded")
 
     async def stop(self) -> None:
         self.ready = False
+        self.stopping = True
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,7 +1,8 @@
 """``POST /admin/reload``: serve what the model repository holds now, without a restart.
 
-Off unless ``FOCUS_ADMIN_KEY`` is set (an open reload endpoint is a denial-of-service handle),
-and then only with that key in ``X-Admin-Key``. Each task switches to its pinned or highest
+Off unless ``FOCUS_ADMIN_KEY`` is set (403; an open reload endpoint is a denial-of-service
+handle), and then only with that key in ``X-Admin-Key`` (401 otherwise, compared in constant
+time). Each task switches to its pinned or highest
 version through its ``ModelSlot``: the new version is loaded and warmed beside the old one,
 new requests move to it, the old one drains. A version that fails keeps the old one serving:
 the answer is then 422 ``reload_failed`` saying why, and the other tasks' switches stand.
@@ -30,11 +31,12 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKeyDep])
     summary="Rescan the model repository and switch tasks to new versions",
     responses={
         401: error_doc(ErrorCode.UNAUTHORIZED, "missing or invalid X-Admin-Key header"),
-        404: error_doc(
-            ErrorCode.NOT_FOUND,
+        403: error_doc(
+            ErrorCode.FORBIDDEN,
             "the admin API is off; set FOCUS_ADMIN_KEY to enable it",
-            "The admin API is off, or an unknown task name",
+            "The admin API is off (FOCUS_ADMIN_KEY is unset)",
         ),
+        404: error_doc(ErrorCode.UNKNOWN_TASK, "unknown task 'foo'; available: ..."),
         422: error_doc(
             ErrorCode.RELOAD_FAILED,
             "camouflage: version 3 not served (RuntimeError: ...); still serving version 2",
@@ -70,11 +72,6 @@ async def reload(
     except RepositoryError as exc:
         logger.error("reload: %s", exc)
         raise ServiceError(ErrorCode.RELOAD_FAILED, f"reload failed: {exc}") from None
-    for outcome in outcomes:
-        if outcome.status != "unchanged":
-            (logger.error if outcome.status == "failed" else logger.info)(
-                "reload: %s", outcome.describe()
-            )
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         raise ServiceError(ErrorCode.RELOAD_FAILED, "; ".join(o.describe() for o in failed))

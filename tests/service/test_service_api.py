@@ -133,8 +133,12 @@ def test_openapi_documents_every_route_and_error(client: TestClient) -> None:
         "/tasks",
         "/health/live",
         "/health/ready",
+        "/health/ready/{task}",
         "/metrics",
+        "/admin/reload",
     }
+    reload = schema["paths"]["/admin/reload"]["post"]
+    assert set(reload["responses"]) == {"200", "401", "403", "404", "422", "503"}
     post = schema["paths"]["/segment/{task}"]["post"]
     assert set(post["responses"]) >= {"200", "400", "401", "404", "413", "415", "422", "500"}
     assert {"503", "504"} <= set(post["responses"])
@@ -156,6 +160,7 @@ def test_segment_png_is_grayscale_mask_at_original_size(client: TestClient, png_
     assert response.headers["content-type"] == "image/png"
     assert response.headers["x-focus-task"] == "camouflage"
     assert response.headers["x-focus-backend"] == "onnxruntime"
+    assert response.headers["x-focus-model-version"] == "1"  # the flat layout
     assert response.headers["server-timing"].startswith("preprocess;dur=")
     mask = decode_png(response.content)
     assert (mask.mode, mask.size) == ("L", (320, 240))

@@ -159,9 +159,9 @@ def test_admin_reload_is_off_unless_a_key_is_set(repo) -> None:
     async def scenario() -> None:
         async with running(create_app(_settings(repo))) as client:
             response = await client.post("/admin/reload", headers=_admin())
-            assert response.status_code == 404
+            assert response.status_code == 403
             assert response.json() == {"error": {
-                "code": "not_found",
+                "code": "forbidden",
                 "message": "the admin API is off; set FOCUS_ADMIN_KEY to enable it",
             }}  # fmt: skip
 
