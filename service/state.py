@@ -5,8 +5,8 @@ backend up with one inference, starts the batchers and only then marks the servi
 ``stop`` marks it not ready, drains the batchers and releases the backends.
 
 Each task's model sits in a ``ModelSlot`` (service/model_slot.py): requests bind to it with
-``bind``; ``reload`` rescans the repository and switches tasks to new versions without dropping
-a request (also every ``FOCUS_REPOSITORY_POLL_S`` seconds when that is set).
+``bind``; ``reload`` (service/lifecycle.py) rescans the repository and switches tasks to new
+versions without dropping a request (also every ``FOCUS_REPOSITORY_POLL_S`` seconds).
 """
 
 from __future__ import annotations
@@ -24,15 +24,16 @@ import anyio.to_thread
 import numpy as np
 
 from models.processing import preprocess_with_card
-from models.repository import ModelEntry, RepositoryError, scan_repository, scan_versions
+from models.repository import ModelEntry, scan_repository
 from models.tasks import UnknownTaskError, canonical_task
 from service.backends.base import Backend
 from service.backends.factory import create_backend
 from service.batcher import Batcher
 from service.cache import ResponseCache
 from service.errors import ErrorCode, ServiceError
+from service.lifecycle import ModelLifecycle
 from service.metrics import Metrics
-from service.model_slot import ModelSlot, ReloadOutcome, describe_error
+from service.model_slot import ModelSlot, ReloadOutcome
 from service.pipeline import limit_library_threads
 from service.settings import MiB, Settings
 
@@ -90,16 +91,20 @@ class ServiceState:
         self.settings = settings
         self.metrics = metrics
         self.backend_factory = backend_factory
-        self.slots: dict[str, ModelSlot[LoadedModel]] = {}
-        self.pins: dict[str, int] = settings.pinned_versions  # POST /admin/reload may change them
-        self.ready = False
-        self.stopping = False  # new requests are refused; admitted ones finish
-        self.cpu_limiter: anyio.CapacityLimiter | None = None
-        self._reload_lock = asyncio.Lock()
+        self.lifecycle: ModelLifecycle[LoadedModel] = ModelLifecycle(
+            settings.model_repository,
+            pins=settings.pinned_versions,
+            load=self._load_and_serve,
+            unload=self._release,
+            drain_timeout_s=settings.timeout_s,
+            on_outcome=self._count_reload,
+        )
         self.cache = (
             ResponseCache(int(settings.cache_mb * MiB), metrics) if settings.cache_mb > 0 else None
         )
-        self._poller: asyncio.Task[None] | None = None
+        self.ready = False
+        self.stopping = False  # new requests are refused; admitted ones finish
+        self.cpu_limiter: anyio.CapacityLimiter | None = None
 
     async def run_cpu(self, func: Callable[..., T], *args: Any) -> T:
         """Run CPU-bound image work in the thread pool, at most ``cpu_slots`` at a time.
@@ -110,6 +115,10 @@ class ServiceState:
         if self.cpu_limiter is None:
             self.cpu_limiter = anyio.CapacityLimiter(cpu_slots())
         return await anyio.to_thread.run_sync(func, *args, limiter=self.cpu_limiter)
+
+    @property
+    def slots(self) -> dict[str, ModelSlot[LoadedModel]]:
+        return self.lifecycle.slots
 
     @property
     def available(self) -> tuple[str, ...]:
@@ -150,7 +159,7 @@ class ServiceState:
         return slot
 
     def _load(self) -> list[tuple[ModelEntry, Backend]]:
-        entries = scan_repository(self.settings.model_repository, self.pins)
+        entries = scan_repository(self.settings.model_repository, self.lifecycle.pins)
         loaded: list[tuple[ModelEntry, Backend]] = []
         try:
             for entry in entries.values():
@@ -212,106 +221,29 @@ class ServiceState:
         backend = await asyncio.to_thread(self._load_backend, entry)
         return self._serve(entry, backend)
 
-    def _new_slot(self, loaded: LoadedModel) -> ModelSlot[LoadedModel]:
-        return ModelSlot(
-            loaded.task,
-            loaded,
-            load=self._load_and_serve,
-            unload=self._release,
-            drain_timeout_s=self.settings.timeout_s,
-        )
+    def _count_reload(self, outcome: ReloadOutcome) -> None:
+        self.metrics.model_reloads.labels(task=outcome.task, outcome=outcome.status).inc()
 
     async def start(self) -> None:
         limit_library_threads()
         loaded = await asyncio.to_thread(self._load)
         for entry, backend in loaded:
-            self.slots[entry.task] = self._new_slot(self._serve(entry, backend))
+            self.lifecycle.add(entry.task, self._serve(entry, backend))
         self.ready = True
         logger.info("ready: %s", ", ".join(
             f"{task} (version {slot.version})" for task, slot in sorted(self.slots.items())
         ))  # fmt: skip
         if self.settings.repository_poll_s > 0:
-            self._poller = asyncio.create_task(self._poll(), name="focus-repository-poll")
+            self.lifecycle.start_polling(self.settings.repository_poll_s)
 
     async def reload(
-        self, task: str | None = None, version: int | None = None, *, polling: bool = False
+        self, task: str | None = None, version: int | None = None
     ) -> list[ReloadOutcome]:
-        """Rescan the repository and serve what it says now, task by task.
-
-        ``task`` limits the reload to one task; ``version`` (with ``task``) pins it to that
-        version from now on. Each task switches to its pinned or highest version through its
-        slot; a version that fails keeps the old one serving (its outcome says why). A new task
-        in the repository starts being served. ``polling`` skips versions that already failed
-        (an explicit reload retries them). Raises ``RepositoryError`` when the repository cannot
-        be read at all (nothing changes then).
-        """
-        async with self._reload_lock:
-            only = canonical_task(task) if task is not None else None
-            found = await asyncio.to_thread(scan_versions, self.settings.model_repository)
-            if only is not None and only not in found:
-                raise RepositoryError(
-                    f"no model for task {only!r} in {self.settings.model_repository}"
-                )
-            outcomes = []
-            for name in sorted(found if only is None else {only}):
-                pinned = version if name == only and version is not None else self.pins.get(name)
-                outcome = await self._reload_task(name, found[name], pinned, polling=polling)
-                if outcome is None:
-                    continue
-                outcomes.append(outcome)
-                self.metrics.model_reloads.labels(task=name, outcome=outcome.status).inc()
-                if outcome.status != "unchanged":
-                    log = logger.error if outcome.status == "failed" else logger.info
-                    log("reload: %s", outcome.describe())
-                if name == only and version is not None and outcome.status != "failed":
-                    self.pins[name] = version  # later reloads and polls keep this version
-            return outcomes
-
-    async def _reload_task(
-        self, task: str, versions: list[ModelEntry], pinned: int | None, *, polling: bool
-    ) -> ReloadOutcome | None:
-        slot = self.slots.get(task)
-        current = slot.version if slot is not None else None
-        match = [e for e in versions if pinned is None or e.version == pinned]
-        if not match:
-            have = ", ".join(str(e.version) for e in versions)
-            reason = f"pinned version {pinned} is not in the repository (has {have})"
-            logger.error("%s: %s", task, reason)
-            assert pinned is not None  # only a pin can match nothing
-            return ReloadOutcome(task, "failed", pinned, current, current, error=reason)
-        entry = match[-1]
-        if slot is not None:
-            if polling and entry.version in slot.failed and entry.version != slot.version:
-                return None  # failed before; an explicit reload retries it
-            return await slot.switch_to(entry)
-        try:
-            loaded = await self._load_and_serve(entry)
-        except Exception as exc:
-            logger.exception("%s: version %d failed to load", task, entry.version)
-            return ReloadOutcome(task, "failed", entry.version, None, None,
-                                 error=describe_error(exc))  # fmt: skip
-        self.slots[task] = self._new_slot(loaded)
-        logger.info("%s: serving version %d (new task)", task, entry.version)
-        return ReloadOutcome(task, "loaded", entry.version, entry.version, None)
-
-    async def _poll(self) -> None:
-        """``FOCUS_REPOSITORY_POLL_S``: reload every so often; failures are logged, not fatal."""
-        while True:
-            await asyncio.sleep(self.settings.repository_poll_s)
-            try:
-                await self.reload(polling=True)  # logs what it switched and what failed
-            except Exception:
-                logger.exception("repository poll failed; serving what is loaded")
+        """Serve what the repository holds now (``ModelLifecycle.reload``; FOCUS_PULL, admin)."""
+        return await self.lifecycle.reload(task, version)
 
     async def stop(self) -> None:
         self.ready = False
         self.stopping = True
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
-        async with self._reload_lock:  # a reload under way finishes first
-            await asyncio.gather(*(slot.close() for slot in self.slots.values()))
-            self.slots.clear()
+        await self.lifecycle.close()  # each version released once its requests are done
         self.metrics.mark_process_dead()
