@@ -284,7 +284,8 @@ async def _segment_on(
         response = JSONResponse(body.model_dump(mode="json"), headers=headers)
     if key is not None and state.cache is not None:
         replay = tuple((k, v) for k, v in headers.items() if k != "Server-Timing")
-        state.cache.put(key, CachedResponse(response.body, response.media_type or "", replay))
+        content = bytes(response.body)
+        state.cache.put(key, CachedResponse(content, response.media_type or "", replay))
         response.headers["X-Focus-Cache"] = "miss"
     return response
 

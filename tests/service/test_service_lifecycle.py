@@ -352,3 +352,20 @@ def test_polling_switches_to_a_published_version(repo, salient_as_camouflage) ->
             assert (await _segment(client, png)).headers["X-Focus-Model-Version"] == "2"
 
     run(scenario())
+
+
+def test_a_task_whose_directory_disappears_keeps_serving(repo) -> None:
+    async def scenario() -> None:
+        async with running(create_app(_settings(repo, admin_key=ADMIN))) as client:
+            shutil.rmtree(repo / "salient")
+            response = await client.post("/admin/reload", headers=_admin())
+            assert [t["task"] for t in response.json()["tasks"]] == ["camouflage"]
+            ok = await _segment(client, image_bytes(96, 128), "salient")
+            assert ok.status_code == 200 and ok.headers["X-Focus-Model-Version"] == "1"
+            gone = await client.post("/admin/reload?task=salient", headers=_admin())
+            assert gone.status_code == 422
+            assert gone.json()["error"]["message"].startswith(
+                "reload failed: no model for task 'salient' in "
+            )
+
+    run(scenario())
