@@ -55,8 +55,9 @@ class Settings(BaseSettings):
 
     model_repository: Path = Field(
         default=Path("model_repository"),
-        description="Directory holding <task>/focus.json plus model.onnx / model.engine / "
-        "model.safetensors; every task found is served.",
+        description="Directory holding <task>/<version>/focus.json plus model.onnx / "
+        "model.engine / model.safetensors (a flat <task>/ is version 1); every task found is "
+        "served, at its highest version unless FOCUS_MODEL_VERSIONS pins one.",
     )
     backend: BackendName = Field(
         default="auto",
