@@ -15,8 +15,7 @@ class ModelInfo(BaseModel):
         default=None,
         examples=[2],
         description="the model repository's version directory served (<repo>/<task>/<version>;"
-        " the flat layout is 1); `version` is focus.json's own version string. Null outside the"
-        " service (focus segment).",
+        " the flat layout is 1); `version` is focus.json's own version string.",
     )
 
 

@@ -279,8 +279,8 @@ async def _segment_on(
     if fmt != "json":
         response = Response(encoded.content, media_type=encoded.media_type, headers=headers)
     else:
-        body = json_result(loaded.task, image, encoded, threshold, backend, timing)
-        body.model = body.model.model_copy(update={"repository_version": loaded.entry.version})
+        body = json_result(loaded.task, image, encoded, threshold, backend, timing,
+                           repository_version=loaded.entry.version)  # fmt: skip
         response = JSONResponse(body.model_dump(mode="json"), headers=headers)
     if key is not None and state.cache is not None:
         replay = tuple((k, v) for k, v in headers.items() if k != "Server-Timing")
