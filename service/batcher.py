@@ -160,6 +160,15 @@ class Batcher:
         self.close()
         await self._idle.wait()
 
+    async def settled(self, timeout: float) -> bool:
+        """Wait until no batch of this batcher is assembled or computing; False on timeout."""
+        deadline = time.perf_counter() + timeout
+        while self._inflight > 0:
+            if time.perf_counter() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
     def abort(self, tickets: list[Ticket] | None = None) -> None:
         """Fail ``tickets`` (a batch taken but never run) or every queued ticket with 503."""
         if tickets is None:

@@ -102,6 +102,10 @@ def test_settings_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyP
         "max_inflight_pixels": 40_000_000,
         "read_timeout_s": 30.0,
         "drain_delay_s": 5.0,
+        "model_versions": None,
+        "admin_key": None,
+        "repository_poll_s": 0.0,
+        "cache_mb": 0.0,
     }
 
 
