@@ -315,7 +315,9 @@ def test_dockerfile_default_target_is_gpu_and_cpu_target_has_no_cuda_or_torch() 
     cpu_runs = " ".join(
         a for s in ("cpu-builder", "cpu") for k, a in by_name[s]["instructions"] if k == "RUN"
     )
-    assert "pip install . " in cpu_runs + " " and "torch" not in cpu_runs.replace(
+    assert "pip install --no-deps --no-build-isolation . " in cpu_runs + " "
+    assert "pip install -r /tmp/requirements.txt" in cpu_runs  # read from pyproject.toml
+    assert "torch" not in cpu_runs.replace(
         '! python -c "import torch"', ""
     )
     gpu_run = " ".join(a for k, a in by_name["gpu-builder"]["instructions"] if k == "RUN")
@@ -498,6 +500,19 @@ def test_readme_two_commands_are_what_ci_runs() -> None:
     assert ci[-1] == "make test"
 
 
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path (or a folder above it) decides."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        cleaned = pattern.removeprefix("!").rstrip("/")
+        if any(fnmatch.fnmatch(candidate, cleaned) for candidate in candidates):
+            ignored = not negated
+    return ignored
+
+
 def test_dockerignore_keeps_every_copy_source() -> None:
     patterns = [
         line.strip()
@@ -513,5 +528,9 @@ def test_dockerignore_keeps_every_copy_source() -> None:
         if not src.startswith("--")
     }
     assert {"deploy/entrypoint.sh", "model_repository", "service"} <= sources
-    excluded = sorted(s for s in sources for p in patterns if fnmatch.fnmatch(s, p))
+    excluded = sorted(s for s in sources if _dockerignored(s, patterns))
     assert not excluded, f".dockerignore drops files the Dockerfile copies: {excluded}"
+    assert not _dockerignored("service/app.py", patterns)
+    for path in (".venv/lib/torch/x.so", ".git/HEAD", "tests/conftest.py", "service/a.pyc",
+                 "model_repository/salient/model.engine", "runs/ckpt/model.safetensors"):
+        assert _dockerignored(path, patterns), f"{path} would be sent to the builder"
