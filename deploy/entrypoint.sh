@@ -30,23 +30,27 @@ gpu_and_tensorrt() {
 }
 
 # One line per task the service will serve, "<task> TAB <model.onnx> TAB <engine>", computed by
-# the package itself: models/repository.py picks the version (flat or <task>/<version>/ layout)
-# and models/contract.py says where that version's engine is cached, which is where the
-# TensorRT backend looks for it.
+# the package itself from the service's settings: models/repository.py picks the version (flat or
+# <task>/<version>/ layout, FOCUS_MODEL_VERSIONS pins where the settings have them) and
+# models/contract.py says where that version's engine is cached, which is where the TensorRT
+# backend looks for it.
 engine_plan() {
-    python3 - "$repository" "$cache" <<'PY'
+    python3 - <<'PY'
 import sys
 
 from models.contract import ONNX_FILE, engine_cache_path
 from models.repository import RepositoryError, scan_repository
+from service.settings import Settings
 
 try:
-    entries = scan_repository(sys.argv[1])
-except RepositoryError as exc:
+    settings = Settings()
+    pins = getattr(settings, "pinned_versions", None)
+    entries = scan_repository(settings.model_repository, pins)
+except (RepositoryError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
     sys.exit(str(exc))
 for task, entry in sorted(entries.items()):
     if entry.has(ONNX_FILE):
-        engine = engine_cache_path(sys.argv[2], task, entry.version)
+        engine = engine_cache_path(settings.engine_cache, task, entry.version)
         print(task, entry.path(ONNX_FILE), engine, sep="\t")
 PY
 }

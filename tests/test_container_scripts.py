@@ -218,3 +218,11 @@ def test_entrypoint_passes_shellcheck(tmp_path: Path) -> None:
     bad.write_text("#!/usr/bin/env bash\nrm -rf $1/*\n")
     result = subprocess.run([shellcheck, str(bad)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
+
+
+def test_entrypoint_serves_anyway_when_the_repository_cannot_be_read(tmp_path: Path) -> None:
+    bin_dir = _fake_bin(tmp_path, gpu=True, tensorrt=True, build_ok=True)
+    (tmp_path / "repo").mkdir()  # no models: scan_repository refuses it
+    stderr = _run_entrypoint(tmp_path, bin_dir)
+    assert "no models in" in stderr and "could not read the model repository" in stderr
+    assert (tmp_path / "calls.log").read_text().splitlines() == ["focus serve"]
