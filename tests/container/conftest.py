@@ -108,5 +108,3 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (directory / name).write_bytes(buffer.getvalue())
         paths[name] = directory / name
     return paths
-
-

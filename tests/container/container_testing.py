@@ -23,8 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "deploy" / "local"
 
 
-
-
 @dataclass(frozen=True)
 class Podman:
     """The podman binary and the environment every call runs with."""
@@ -69,8 +67,6 @@ class Report:
 
 
 REPORT = Report()
-
-
 
 
 def free_port() -> int:

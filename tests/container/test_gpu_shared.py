@@ -136,4 +136,3 @@ def test_without_a_gpu_it_says_so_and_serves_with_onnxruntime(
         assert response.status_code == 200, response.text
         assert response.headers["x-focus-backend"] == "onnxruntime"
         assert podman.run("healthcheck", "run", name, check=False).returncode == 0
-
