@@ -400,6 +400,18 @@ def test_grafana_dashboard_queries_only_documented_metrics() -> None:
     assert used <= DOCUMENTED_METRICS, sorted(used - DOCUMENTED_METRICS)
 
 
+def test_grafana_dashboard_queries_only_metrics_the_service_registers() -> None:
+    from service.metrics import Metrics
+
+    registered = {family.name for family in Metrics().registry.collect()}
+    registered |= {f"{name}_total" for name in registered}  # counters: family name sans _total
+    used = set()
+    for expr in _dashboard_exprs():
+        for name in re.findall(r"\bfocus_[a-z_]+", expr):
+            used.add(re.sub(r"_(bucket|sum|count)$", "", name))
+    assert used and used <= registered, sorted(used - registered)
+
+
 def test_grafana_dashboard_has_the_required_panels() -> None:
     exprs = " ".join(_dashboard_exprs())
     assert re.search(r"sum by \(task, code\) \(rate\(focus_requests_total", exprs)
