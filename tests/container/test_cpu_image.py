@@ -238,7 +238,7 @@ def test_sigterm_drains_an_inflight_request_and_exits_in_bound(
     logs = podman.run("logs", served.name, check=False).stderr
     assert status == 200, body[:500]
     assert Image.open(io.BytesIO(body)).size == Image.open(photos["scene.jpg"]).size
+    # exit code 0: the service handled SIGTERM itself (podman's SIGKILL after --time gives 137)
     assert state["Status"] == "exited" and state["ExitCode"] == 0, (state, logs[-3000:])
     assert stopped["s"] <= bound, f"stopped after {stopped['s']:.1f} s > {bound:.1f} s"
-    assert "Shutting down" in logs or "shutdown" in logs.lower(), logs[-3000:]
     report.add("SIGTERM to exit (one request in flight)", f"{stopped['s']:.1f} s (bound {bound} s)")
