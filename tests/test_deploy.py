@@ -50,6 +50,7 @@ DOCUMENTED_METRICS = frozenset(
         "focus_preprocess_duration_seconds",
         "focus_postprocess_duration_seconds",
         "focus_dropped_requests_total",
+        "focus_inflight_pixels",
         "focus_model_reloads_total",
         "focus_cache_hits_total",
         "focus_cache_misses_total",
