@@ -131,19 +131,16 @@ def run_serve(args: argparse.Namespace) -> int:
     names = ("host", "port", "model_repository", "backend", "device", "workers", "log_level")
     settings = _settings(args, names)
     _configure_logging(settings.log_level)
-    import uvicorn
 
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "timeout_graceful_shutdown": int(settings.timeout_s) + 1,
-    }
+    from service.server import DrainingServer, uvicorn_config
+
     if settings.workers == 1:
         from service.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
-        return 0
+        config = uvicorn_config(settings, create_app(settings))
+        server = DrainingServer(config, drain_delay_s=settings.drain_delay_s)
+        server.run()
+        return 0 if server.started else 3
     # Several workers: each process builds its app from the environment, and metrics go
     # through prometheus-client's multiprocess mode (see service/metrics.py).
     for name in names:
@@ -158,7 +155,15 @@ def run_serve(args: argparse.Namespace) -> int:
             stale.unlink()
     else:
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="focus-metrics-")
-    uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+    # uvicorn's supervisor builds each worker's server itself: the header timeout applies, the
+    # drain delay does not (run one worker per container to get it; see the README).
+    config = uvicorn_config(
+        settings, "service.app:create_app_from_env", factory=True, workers=settings.workers
+    )
+    sock = config.bind_socket()
+    from uvicorn.supervisors import Multiprocess
+
+    Multiprocess(config, sockets=[sock]).run()
     return 0
 
 
@@ -286,7 +291,9 @@ def run_segment(args: argparse.Namespace) -> int:
                     total_ms=round((done - started) * 1e3, 3),
                     batch_size=1,
                 )
-                body = json_result(task, image, encoded, threshold, backend, timing, info)
+                body = json_result(task, image, encoded, threshold, backend, timing,
+                                   repository_version=entries[task].version,
+                                   refinement=info)  # fmt: skip
                 out.write_text(body.model_dump_json(indent=2) + "\n", encoding="utf-8")
             else:
                 out.write_bytes(encoded.content)
@@ -340,7 +347,8 @@ def _segment_media(
     def render_json(image: Any, encoded: Any, info: Any) -> str:
         timing = Timing(preprocess_ms=0.0, queue_ms=0.0, compute_ms=0.0, postprocess_ms=0.0,
                         total_ms=0.0, batch_size=1)  # fmt: skip
-        body = json_result(backend.card.task, image, encoded, threshold, backend, timing, info)
+        body = json_result(backend.card.task, image, encoded, threshold, backend, timing,
+                           refinement=info)  # fmt: skip
         return body.model_dump_json(indent=2) + "\n"
 
     try:

@@ -144,6 +144,8 @@ def json_result(
     threshold: float | None,
     backend: Backend,
     timing: Timing,
+    *,
+    repository_version: int | None = None,
     refinement: RefinementInfo | None = None,
 ) -> SegmentResult:
     """The ``format=json`` body (also what ``focus segment --format json`` writes)."""
@@ -171,6 +173,7 @@ def json_result(
             version=card.version,
             backend=backend.name,
             device=backend.device,
+            repository_version=repository_version,
         ),
         timing=timing,
         network=network_input(image),

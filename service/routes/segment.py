@@ -1,21 +1,31 @@
 """``POST /segment?task=...`` and ``POST /segment/{task}``: one image in, one mask out.
 
-The handler reads the body under the size limit, decodes and preprocesses in the thread pool,
-queues the inputs in the task's batcher, waits for the outputs (or the deadline, or the client
-going away), and builds the mask and its encoding in the thread pool again.
+The handler binds the request to the task's active model version (a reload meanwhile does not
+move it), takes an admission permit before reading anything (503 ``overloaded`` at once when
+the task's in-flight slots or the pixel budget are used up; the image's pixels are reserved as
+soon as its header has arrived), reads the body under the size limit, answers from the response
+cache where ``FOCUS_CACHE_MB`` enables it, decodes and preprocesses in the thread pool, queues
+the inputs in the version's batcher, waits for the outputs (or the deadline:
+``FOCUS_TIMEOUT_S``, lowered by ``X-Focus-Timeout-Ms``; or the client going away), and builds
+the mask and its encoding in the thread pool again. The deadline is checked before every CPU
+stage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from service.admission import HeaderSniffer, Permit
 from service.batcher import Outputs, Ticket
-from service.deps import ApiKeyDep, StateDep
+from service.cache import CachedResponse, cache_key
+from service.deps import ApiKeyDep, StateDep, TimeoutDep
 from service.errors import ErrorCode, ServiceError, error_doc
 from service.imaging import Encoding, ImageDecodeError, ImageTooLargeError
 from service.pipeline import (
@@ -44,7 +54,9 @@ from service.schemas import RefinementInfo, SegmentResult, Timing
 from service.state import LoadedModel, ServiceState
 from service.upload import read_image_body
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["segmentation"], dependencies=[ApiKeyDep])
+T = TypeVar("T")
 
 TaskQuery = Annotated[
     str,
@@ -145,10 +157,12 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "model": SegmentResult,
         "description": "The mask. `image/png` for png, rgba and overlay (`image/webp` or "
         "`image/jpeg` with encoding=webp|jpeg, `image/webp` for format=webp); JSON for "
-        "format=json. The Server-Timing header gives the stage durations; X-Focus-Network-Size "
-        "(WxH) and X-Focus-Scale (network / original) say what the network saw. Examples: "
-        "`?format=webp`, `?format=rgba&decontaminate=true&encoding=webp`, "
-        "`?format=overlay&encoding=jpeg`, `?refine=guided`, `?format=json&zoom=auto`.",
+        "format=json. The Server-Timing header gives the stage durations; X-Focus-Model-Version "
+        "the repository version that computed it; X-Focus-Cache hit or miss when "
+        "FOCUS_CACHE_MB is set; X-Focus-Network-Size (WxH) and X-Focus-Scale (network / "
+        "original) what the network saw. Examples: `?format=webp`, "
+        "`?format=rgba&decontaminate=true&encoding=webp`, `?format=overlay&encoding=jpeg`, "
+        "`?refine=guided`, `?format=json&zoom=auto`.",
         "content": {
             "image/png": {"schema": {"type": "string", "format": "binary"}},
             "image/webp": {"schema": {"type": "string", "format": "binary"}},
@@ -180,12 +194,20 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         ErrorCode.BACKEND_ERROR,
         "the onnxruntime backend failed on this request's batch (RuntimeError); see the server log",
     ),
-    503: error_doc(
-        ErrorCode.QUEUE_FULL,
-        "the camouflage queue is full (64 requests waiting); retry later",
-        "Queue full or shutting down; see Retry-After",
+    408: error_doc(
+        ErrorCode.REQUEST_TIMEOUT,
+        "the request body did not arrive within 30s",
+        "Headers or body slower than FOCUS_READ_TIMEOUT_S; the connection is closed",
     ),
-    504: error_doc(ErrorCode.TIMEOUT, "no result within 30s"),
+    503: error_doc(
+        ErrorCode.OVERLOADED,
+        "the server is busy with 30000000 pixels of images (the budget is 40000000); "
+        "this 48000000-pixel image does not fit; retry later",
+        "Overloaded (admission), queue full or shutting down; see Retry-After",
+    ),
+    504: error_doc(
+        ErrorCode.TIMEOUT, "no result within 30s", "FOCUS_TIMEOUT_S or X-Focus-Timeout-Ms passed"
+    ),
 }
 
 
@@ -218,7 +240,7 @@ async def _await_outputs(
     if ticket.future in done:
         return ticket.future.result()  # or the batch's ServiceError
     if watcher in done:
-        ticket.cancel("cancelled")
+        ticket.cancel("client_gone")
         raise ServiceError(ErrorCode.CLIENT_CLOSED, "the client closed the connection")
     ticket.cancel("deadline")
     raise ServiceError(ErrorCode.TIMEOUT, f"no result within {timeout:g}s")
@@ -257,6 +279,45 @@ def _finish(
     return encoded, info
 
 
+def _before(deadline: float, timeout: float, stage: str, task: str, state: ServiceState) -> None:
+    """504 when the deadline passed before ``stage`` starts (no CPU spent on a lost cause)."""
+    if time.perf_counter() >= deadline:
+        state.metrics.dropped.labels(task=task, reason="deadline").inc()
+        raise ServiceError(
+            ErrorCode.TIMEOUT, f"no result within {timeout:g}s (deadline passed before {stage})"
+        )
+
+
+async def _cpu_stage(
+    state: ServiceState,
+    deadline: float,
+    timeout: float,
+    stage: str,
+    task: str,
+    func: Callable[..., T],
+    *args: Any,
+) -> T:
+    """Run ``func`` in the CPU pool, checking the deadline once it has a slot."""
+    def checked() -> T:
+        _before(deadline, timeout, stage, task, state)
+        return func(*args)
+
+    _before(deadline, timeout, stage, task, state)
+    return await state.run_cpu(checked)
+
+
+async def _read_body(
+    request: Request, state: ServiceState, task: str, sniffer: HeaderSniffer
+) -> bytes:
+    try:
+        return await read_image_body(request, state.settings.max_body_bytes, sniffer)
+    except ServiceError as exc:
+        if exc.code is ErrorCode.CLIENT_CLOSED:  # an ordinary client abort, not a server fault
+            state.metrics.dropped.labels(task=task, reason="client_gone").inc()
+            logger.info("%s: the client went away during the upload", task)
+        raise
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
@@ -267,42 +328,85 @@ async def _segment(
     task: str,
     fmt: str,
     threshold: float | None,
+    timeout: float,
     options: Options = Options(),  # noqa: B008 - frozen, never mutated
+) -> Response:
+    """Bind the request to the task's active model version until its response is built."""
+    async with state.bind(task) as loaded:
+        request.state.focus_task = loaded.task  # the metrics middleware labels by it
+        try:  # refused options cost nothing: before admission and the body
+            options = check_options(loaded.task, fmt, options)
+        except OptionError as exc:
+            raise ServiceError(ErrorCode.VALIDATION_ERROR, str(exc)) from None
+        with state.admission.admit(loaded.task) as permit:  # before the body: 503 at once
+            return await _segment_on(
+                request, state, loaded, fmt, threshold, timeout, permit, options
+            )
+
+
+def _cache_key(request: Request, loaded: LoadedModel, data: bytes) -> str:
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "task"]
+    card = loaded.backend.card
+    return cache_key(loaded.task, loaded.entry.version, card.version, data, params)
+
+
+def _cached_response(cached: CachedResponse, started: float) -> Response:
+    headers = dict(cached.headers)
+    headers["X-Focus-Cache"] = "hit"
+    headers["Server-Timing"] = f"total;dur={_ms(time.perf_counter() - started)}"
+    return Response(cached.content, media_type=cached.media_type, headers=headers)
+
+
+async def _segment_on(
+    request: Request,
+    state: ServiceState,
+    loaded: LoadedModel,
+    fmt: str,
+    threshold: float | None,
+    timeout: float,
+    permit: Permit,
+    options: Options,
 ) -> Response:
     started = time.perf_counter()
     settings = state.settings
-    loaded = state.model(task)
-    request.state.focus_task = loaded.task  # the metrics middleware labels by it
-    try:
-        options = check_options(loaded.task, fmt, options)
-    except OptionError as exc:
-        raise ServiceError(ErrorCode.VALIDATION_ERROR, str(exc)) from None
     metrics = state.metrics
-    data = await read_image_body(request, settings.max_body_bytes)
-    deadline = started + settings.timeout_s
+    task = loaded.task
+    deadline = started + timeout
+    data = await _read_body(request, state, task, HeaderSniffer(permit, settings.max_pixels))
+    key = _cache_key(request, loaded, data) if state.cache is not None else None
+    if key is not None and state.cache is not None:
+        cached = state.cache.get(key, loaded.task)
+        if cached is not None:
+            return _cached_response(cached, started)
 
     t0 = time.perf_counter()
-    image = await state.run_cpu(_prepare, data, loaded, settings.max_pixels)
+    image = await _cpu_stage(
+        state, deadline, timeout, "decoding", task, _prepare, data, loaded, settings.max_pixels
+    )
     preprocess_s = time.perf_counter() - t0
     metrics.preprocess_duration.labels(task=loaded.task).observe(preprocess_s)
 
+    _before(deadline, timeout, "queueing", task, state)
     ticket = loaded.batcher.submit(image.inputs.image, image.inputs.edges, deadline)
-    outputs = await _await_outputs(ticket, request, deadline, settings.timeout_s)
+    outputs = await _await_outputs(ticket, request, deadline, timeout)
 
     t1 = time.perf_counter()
-    result, zoom = await state.run_cpu(
-        _first_pass, image, outputs, fmt, threshold, options, loaded
-    )
+    result, zoom = await _cpu_stage(
+        state, deadline, timeout, "post-processing", task,
+        _first_pass, image, outputs, fmt, threshold, options, loaded,
+    )  # fmt: skip
     zoom_outputs, zoom_ticket = None, None
     if zoom is not None and zoom.crop is not None:  # zoom=auto: a second pass on the crop
         crop = zoom.crop.image.inputs
         t_wait = time.perf_counter()
+        _before(deadline, timeout, "the zoom pass", task, state)
         zoom_ticket = loaded.batcher.submit(crop.image, crop.edges, deadline)
-        zoom_outputs = await _await_outputs(zoom_ticket, request, deadline, settings.timeout_s)
+        zoom_outputs = await _await_outputs(zoom_ticket, request, deadline, timeout)
         t1 += time.perf_counter() - t_wait  # the wait counts as queue/compute, not postprocess
-    encoded, info = await state.run_cpu(
-        _finish, image, result, fmt, threshold, options, zoom, zoom_outputs
-    )
+    encoded, info = await _cpu_stage(
+        state, deadline, timeout, "post-processing", task,
+        _finish, image, result, fmt, threshold, options, zoom, zoom_outputs,
+    )  # fmt: skip
     postprocess_s = time.perf_counter() - t1
     metrics.postprocess_duration.labels(task=loaded.task).observe(postprocess_s)
     total_s = time.perf_counter() - started
@@ -330,12 +434,22 @@ async def _segment(
         "X-Focus-Task": loaded.task,
         "X-Focus-Backend": backend.name,
         "X-Focus-Batch-Size": str(timing.batch_size),
+        "X-Focus-Model-Version": str(loaded.entry.version),
         **response_headers(image, info),
     }
     if fmt != "json":
-        return Response(encoded.content, media_type=encoded.media_type, headers=headers)
-    body = json_result(loaded.task, image, encoded, threshold, backend, timing, info)
-    return JSONResponse(body.model_dump(mode="json"), headers=headers)
+        response = Response(encoded.content, media_type=encoded.media_type, headers=headers)
+    else:
+        body = json_result(loaded.task, image, encoded, threshold, backend, timing,
+                           repository_version=loaded.entry.version,
+                           refinement=info)  # fmt: skip
+        response = JSONResponse(body.model_dump(mode="json"), headers=headers)
+    if key is not None and state.cache is not None:
+        replay = tuple((k, v) for k, v in headers.items() if k != "Server-Timing")
+        content = bytes(response.body)
+        state.cache.put(key, CachedResponse(content, response.media_type or "", replay))
+        response.headers["X-Focus-Cache"] = "miss"
+    return response
 
 
 @router.post(
@@ -348,6 +462,7 @@ async def _segment(
 async def segment_by_query(
     request: Request,
     state: StateDep,
+    timeout: TimeoutDep,
     task: TaskQuery,
     fmt: FormatQuery = "png",
     threshold: ThresholdQuery = None,
@@ -357,7 +472,7 @@ async def segment_by_query(
     decontaminate: DecontaminateQuery = False,
 ) -> Response:
     options = Options(refine=refine, zoom=zoom, decontaminate=decontaminate, encoding=encoding)
-    return await _segment(request, state, task, fmt, threshold, options)
+    return await _segment(request, state, task, fmt, threshold, timeout, options)
 
 
 @router.post(
@@ -370,6 +485,7 @@ async def segment_by_query(
 async def segment_by_path(
     request: Request,
     state: StateDep,
+    timeout: TimeoutDep,
     task: TaskPath,
     fmt: FormatQuery = "png",
     threshold: ThresholdQuery = None,
@@ -379,4 +495,4 @@ async def segment_by_path(
     decontaminate: DecontaminateQuery = False,
 ) -> Response:
     options = Options(refine=refine, zoom=zoom, decontaminate=decontaminate, encoding=encoding)
-    return await _segment(request, state, task, fmt, threshold, options)
+    return await _segment(request, state, task, fmt, threshold, timeout, options)
