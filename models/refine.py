@@ -28,7 +28,6 @@ leaves an edge as blurry as one network pixel is wide. Three opt-in fixes, each 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -38,21 +37,19 @@ from models.processing import resized_size
 __all__ = [
     "OFFERED",
     "ZOOM_TASKS",
-    "RefineOption",
     "GuidedParams",
     "ZoomCrop",
     "guided_params",
     "guided_filter",
     "refine_guided",
     "estimate_foreground",
+    "foreground_radius",
     "plan_zoom",
     "blend_zoom",
     "plan_tiles",
     "stitch_tiles",
     "refusal",
 ]
-
-RefineOption = Literal["guided", "decontaminate", "zoom"]
 
 # Which option is offered for which task: those that measured better than a plain resize with
 # the demo models in benchmarks/refinement.py (benchmarks/RESULTS.md, "Full-resolution
