@@ -110,6 +110,8 @@ def trace(model: nn.Module, card: ModelCard, opset: int = 18) -> Any:
             optimize=False,  # the onnxscript rewriter takes minutes; export.graph.simplify instead
             verbose=False,
         )
+    if program is None:  # only the legacy TorchScript exporter (dynamo=False) returns None
+        raise RuntimeError("torch.onnx.export returned no program")
     return program.model
 
 
