@@ -352,15 +352,14 @@ def _recipe_help(field: str, reference: object) -> str:
 
 
 def _register_pipeline(subparsers: Any) -> None:
-    from export.pipeline import RECIPES
-
     p = subparsers.add_parser(
         "pipeline",
         help="train, evaluate, export (ONNX, TensorRT on CUDA) and publish one task",
         description="Train on --data, evaluate, export ONNX (parity-checked), build a TensorRT "
         "engine where TensorRT and CUDA are present, and write REPO/<task>/{focus.json, "
-        "model.onnx, pipeline.json}. Prints each stage's outcome; a failed stage exits 1 and "
-        "leaves the repository untouched.",
+        "model.onnx, pipeline.json}. Training and evaluation show their progress and each "
+        "stage ends with a one-line outcome; without --eval-data a held-out split of --data "
+        "is evaluated. A failed stage exits 1 and leaves the repository untouched.",
     )
     p.add_argument("--task", required=True, help="task name or alias")
     p.add_argument(
@@ -371,6 +370,50 @@ def _register_pipeline(subparsers: Any) -> None:
         help="training data: folders with images/ and masks/, or dataset names",
     )
     p.add_argument("--out", type=Path, required=True, help="model repository to write into")
+    _add_pipeline_training_arguments(p)
+    p.add_argument(
+        "--eval-data",
+        nargs="+",
+        default=(),
+        metavar="NAME_OR_DIR",
+        help="evaluation data (default: a held-out split of --data, see --holdout)",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.1,
+        help="without --eval-data: the fraction of --data held out for evaluation and never "
+        "trained on, drawn with --seed (0.1); 0 evaluates on the training data",
+    )
+    p.add_argument(
+        "--eval-limit",
+        type=_positive_int,
+        default=None,
+        help="evaluate at most this many images per set",
+    )
+    p.add_argument("--data-root", type=Path, default=None, help="root of reference datasets")
+    p.add_argument(
+        "--work", type=Path, default=None, help="run folder to keep (default: a temporary folder)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tensorrt",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="build an engine: auto = when TensorRT and CUDA are present",
+    )
+    p.add_argument(
+        "--with-weights",
+        action="store_true",
+        help="also publish model.safetensors (for the torch backend)",
+    )
+    p.set_defaults(func=_cmd_pipeline)
+
+
+def _add_pipeline_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The train stage's flags: --recipe and the settings that override it."""
+    from export.pipeline import RECIPES
+
     p.add_argument(
         "--recipe",
         default="reference",
@@ -407,48 +450,11 @@ def _register_pipeline(subparsers: Any) -> None:
         "--threads", type=_positive_int, default=None,
         help="torch CPU threads for training " + _recipe_help("threads", "torch's default"),
     )
-    p.add_argument(
-        "--eval-data",
-        nargs="+",
-        default=(),
-        metavar="NAME_OR_DIR",
-        help="evaluation data (default: a held-out split of --data, see --holdout)",
-    )
-    p.add_argument(
-        "--holdout",
-        type=float,
-        default=0.1,
-        help="without --eval-data: the fraction of --data held out for evaluation and never "
-        "trained on, drawn with --seed (0.1); 0 evaluates on the training data",
-    )
-    p.add_argument(
-        "--eval-limit",
-        type=_positive_int,
-        default=None,
-        help="evaluate at most this many images per set",
-    )
-    p.add_argument("--data-root", type=Path, default=None, help="root of reference datasets")
-    p.add_argument(
-        "--work", type=Path, default=None, help="run folder to keep (default: a temporary folder)"
-    )
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="training device (auto)")
     p.add_argument(
         "--workers", type=int, default=None,
         help="data loader workers " + _recipe_help("workers", 2),
     )
-    p.add_argument(
-        "--tensorrt",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="build an engine: auto = when TensorRT and CUDA are present",
-    )
-    p.add_argument(
-        "--with-weights",
-        action="store_true",
-        help="also publish model.safetensors (for the torch backend)",
-    )
-    p.set_defaults(func=_cmd_pipeline)
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:

@@ -332,7 +332,8 @@ def _onnx(state: dict[str, Any], staging: Path) -> tuple[str, dict[str, Any]]:
         f"{result['bytes'] / 1e6:.1f} MB; parity vs PyTorch: soft max |diff| "
         f"{p['soft_max_abs']:.2g}, IoU {p['min_iou']:.4f}"
     )
-    return text, {"onnx": {**result, "onnx": Path(result["onnx"]).name}}
+    files = {k: Path(result[k]).name for k in ("onnx", "external_data") if result.get(k)}
+    return text, {"onnx": {**result, **files}}  # file names: no paths of this machine
 
 
 def _tensorrt(config: PipelineConfig, staging: Path) -> tuple[str, dict[str, Any]]:

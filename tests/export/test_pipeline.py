@@ -222,3 +222,29 @@ def test_pipeline_without_eval_data_evaluates_on_a_held_out_split(
     assert held.name == "held-out" and len(held_names) == 2 and len(train_names) == 8
     assert train_names | held_names == every and not train_names & held_names
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize(
+    "report",
+    sorted((ROOT / "model_repository").rglob("pipeline.json")),
+    ids=lambda p: p.parent.name,
+)
+def test_shipped_pipeline_reports_hold_no_paths_of_the_building_machine(report: Path) -> None:
+    strings = _strings(json.loads(report.read_text()))
+    assert [s for s in strings if s.startswith(("/", "~")) or " /" in s or ":\\" in s] == []
+
+
+def test_onnx_stage_records_file_names_not_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from export import pipeline
+
+    def fake_export(checkpoint: Path, out: Path) -> dict:
+        return {"onnx": str(out), "external_data": str(out) + ".data", "bytes": 2_000_000,
+                "parity": {"fp32": {"soft_max_abs": 1e-6, "min_iou": 1.0}}}
+
+    monkeypatch.setattr("export.onnx.export_checkpoint", fake_export)
+    text, data = pipeline._onnx({"checkpoint": str(tmp_path / "ckpt")}, tmp_path / "publish")
+    assert data["onnx"]["onnx"] == "model.onnx"
+    assert data["onnx"]["external_data"] == "model.onnx.data"
+    assert text == "2.0 MB; parity vs PyTorch: soft max |diff| 1e-06, IoU 1.0000"
