@@ -26,12 +26,13 @@ A stage that fails stops the pipeline with a non-zero exit and leaves ``REPO`` u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,7 @@ def _stage(
 
 
 # Stage results the next stages need but pipeline.json does not record (paths of this machine).
-_INTERNAL = ("checkpoint", "eval_pairs")
+_INTERNAL = ("checkpoint", "eval_pairs", "threads")
 
 
 def _portable(spec: str) -> str:
@@ -268,15 +269,36 @@ def _train(config: PipelineConfig, task: str, work: Path) -> tuple[str, dict[str
 
     run = work / "run"
     pairs, held_out, record = _training_pairs(config)
-    checkpoint = train(train_config(config, task, run), pairs)
-    data: dict[str, Any] = {"checkpoint": str(checkpoint), **_last_log(run)}
-    if held_out is None:
-        return f"{config.iters} iterations", data
-    text = (
-        f"{config.iters} iterations on {len(pairs or ())} pairs "
-        f"({len(held_out)} held out for evaluation)"
+    train_cfg = train_config(config, task, run)
+    checkpoint = train(train_cfg, pairs)
+    data: dict[str, Any] = {
+        "checkpoint": str(checkpoint), "threads": train_cfg.threads, **_last_log(run)
+    }
+    steps = data.get("steps", config.iters)
+    text = f"{config.iters} iterations" if steps == config.iters else (
+        f"{steps} of {config.iters} iterations (time budget)"
     )
+    if held_out is None:
+        return text, data
+    text += f" on {len(pairs or ())} pairs ({len(held_out)} held out for evaluation)"
     return text, {**data, "eval_pairs": held_out, "held_out": record}
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """The training recipe's torch CPU threads for the evaluate and ONNX stages too (on a busy
+    small CPU, more OpenMP threads than free cores make torch many times slower)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _last_log(run: Path) -> dict[str, Any]:
@@ -289,6 +311,11 @@ def _last_log(run: Path) -> dict[str, Any]:
 
 
 def _evaluate(config: PipelineConfig, state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    with _torch_threads(state.get("threads")):
+        return _score(config, state)
+
+
+def _score(config: PipelineConfig, state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     from tqdm import tqdm
 
     from models.checkpoint import load_checkpoint
@@ -325,8 +352,8 @@ def _onnx(state: dict[str, Any], staging: Path) -> tuple[str, dict[str, Any]]:
     from export.onnx import export_checkpoint
 
     logger.info("exporting ONNX and checking its parity against PyTorch (minutes on a CPU)")
-
-    result = export_checkpoint(state["checkpoint"], staging / ONNX_FILE)
+    with _torch_threads(state.get("threads")):
+        result = export_checkpoint(state["checkpoint"], staging / ONNX_FILE)
     p = result["parity"]["fp32"]
     text = (
         f"{result['bytes'] / 1e6:.1f} MB; parity vs PyTorch: soft max |diff| "

@@ -201,14 +201,15 @@ def test_pipeline_without_eval_data_evaluates_on_a_held_out_split(
     monkeypatch.setattr(training.evaluate, "evaluate_pairs", spy_evaluate)
     monkeypatch.setattr("export.pipeline._onnx", stop)
     argv = ["pipeline", "--recipe", "tiny-cpu", "--task", "sod", "--data", str(data),
-            "--out", str(tmp_path / "repo"), "--iters", "2", "--holdout", "0.2",
+            "--out", str(tmp_path / "repo"), "--iters", "3", "--holdout", "0.2",
+            "--max-minutes", "1e-5",  # the time budget ends training after its first step
             "--input-short-side", "64", "--batch-size", "2", "--num-points", "128",
             "--workers", "0", "--device", "cpu", "--tensorrt", "off"]
     with torch_threads(1):
         assert focus_cli.main(argv) == 1  # the stopped ONNX stage
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("[     ok] train") and out[0].endswith(
-        "2 iterations on 8 pairs (2 held out for evaluation)"
+        "1 of 3 iterations (time budget) on 8 pairs (2 held out for evaluation)"
     )
     assert out[1].startswith("[     ok] evaluate") and "held-out (binary): MAE " in out[1]
     assert out[1].endswith("images 2") and out[2].startswith("[ failed] onnx")
