@@ -12,8 +12,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 # Debian packages some tests drive for real, as command=package; each of those tests skips with
-# a reason where its command is absent.
-APT_TOOLS ?= promtool=prometheus chromium=chromium
+# a reason where its command is absent (kubectl: its built-in kustomize renders deploy/k8s).
+APT_TOOLS ?= promtool=prometheus chromium=chromium kubectl=kubernetes-client
 
 PYTEST_ARGS ?=
 

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import register_error_handlers
 from service.metrics import Metrics
 from service.pull import StartupPuller
-from service.routes import demo, health, segment, tasks
+from service.routes import admin, demo, health, segment, tasks
 from service.routes import metrics as metrics_route
 from service.settings import Settings
 from service.state import BackendFactory, ServiceState, default_backend_factory
@@ -114,6 +114,7 @@ def create_app(
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     for router in (segment.router, tasks.router, health.router, metrics_route.router, demo.router):
         app.include_router(router)
+    app.include_router(admin.router)
     app.mount("/static", StaticFiles(directory=demo.STATIC_DIR), name="static")
     return app
 

@@ -235,7 +235,8 @@ def run_segment(args: argparse.Namespace) -> int:
                     total_ms=round((done - started) * 1e3, 3),
                     batch_size=1,
                 )
-                body = json_result(task, image, encoded, threshold, backend, timing)
+                body = json_result(task, image, encoded, threshold, backend, timing,
+                                   repository_version=entries[task].version)  # fmt: skip
                 out.write_text(body.model_dump_json(indent=2) + "\n", encoding="utf-8")
             else:
                 out.write_bytes(encoded.content)

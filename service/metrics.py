@@ -12,11 +12,16 @@ focus_compute_duration_seconds{task,backend} histogram one backend call (a whole
 focus_batch_size{task}                      histogram  images per backend call, power-of-2 buckets
 focus_queue_depth{task}                     gauge      requests waiting in the batcher
 focus_inflight_requests                     gauge      /segment requests being handled
-focus_model_info{task,backend,preset,version} gauge    1 per served model
+focus_model_info{task,backend,preset,      gauge      1 per served model (version: focus.json's;
+  version,repository_version}                          repository_version: the version directory)
 focus_preprocess_duration_seconds{task}     histogram  decode + resize + normalise + edge map
 focus_postprocess_duration_seconds{task}    histogram  mask at original size + encoding
 focus_dropped_requests_total{task,reason}   counter    requests never computed: cancelled (client
                                                        gone), deadline, queue_full, shutdown
+focus_model_reloads_total{task,outcome}     counter    reloads per task: loaded, unchanged, failed
+focus_cache_hits_total{task}                counter    responses served from FOCUS_CACHE_MB's cache
+focus_cache_misses_total{task}              counter    cacheable requests computed (then stored)
+focus_cache_bytes                           gauge      bytes held by the response cache
 ==========================================  =========  ============================================
 
 ``task`` is always a canonical task name or ``unknown`` (never a client-supplied string), so
@@ -139,7 +144,7 @@ class Metrics:
         self.model_info = Gauge(
             "focus_model_info",
             "Served models (value 1).",
-            ("task", "backend", "preset", "version"),
+            ("task", "backend", "preset", "version", "repository_version"),
             multiprocess_mode="max",
             registry=r,
         )
@@ -161,6 +166,28 @@ class Metrics:
             "focus_dropped_requests_total",
             "Requests dropped before compute.",
             ("task", "reason"),
+            registry=r,
+        )
+
+        self.model_reloads = Counter(
+            "focus_model_reloads_total",
+            "Model reloads by task and outcome (loaded, unchanged, failed).",
+            ("task", "outcome"),
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "focus_cache_hits_total", "Responses served from the cache.", ("task",), registry=r
+        )
+        self.cache_misses = Counter(
+            "focus_cache_misses_total",
+            "Cacheable requests not found in the cache.",
+            ("task",),
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "focus_cache_bytes",
+            "Bytes held by the response cache.",
+            multiprocess_mode="livesum",
             registry=r,
         )
 

@@ -116,6 +116,8 @@ def json_result(
     threshold: float | None,
     backend: Backend,
     timing: Timing,
+    *,
+    repository_version: int | None = None,
 ) -> SegmentResult:
     """The ``format=json`` body (also what ``focus segment --format json`` writes)."""
     if encoded.stats is None or encoded.mask_png is None:
@@ -142,6 +144,7 @@ def json_result(
             version=card.version,
             backend=backend.name,
             device=backend.device,
+            repository_version=repository_version,
         ),
         timing=timing,
     )

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.contract import DEFAULT_MAX_PIXELS
+from models.tasks import UnknownTaskError, canonical_task
 from models.zoo import Source, SourceError, parse_sources
 
 MiB = 1024 * 1024
@@ -20,6 +21,25 @@ MiB = 1024 * 1024
 BackendName = Literal["auto", "onnxruntime", "tensorrt", "torch"]
 DeviceName = Literal["cpu", "cuda"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+def parse_model_versions(value: str) -> dict[str, int]:
+    """``camouflage:2,sod:1`` -> ``{"camouflage": 2, "salient": 1}``; ValueError if malformed."""
+    pinned: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, number = item.partition(":")
+        if not sep or not number.strip().isdigit() or int(number) < 1:
+            raise ValueError(
+                f"FOCUS_MODEL_VERSIONS entry {item!r} is not TASK:VERSION (a positive integer)"
+            )
+        try:
+            task = canonical_task(name.strip())
+        except UnknownTaskError as exc:
+            raise ValueError(f"FOCUS_MODEL_VERSIONS: {exc}") from None
+        if task in pinned:
+            raise ValueError(f"FOCUS_MODEL_VERSIONS pins {task!r} twice")
+        pinned[task] = int(number)
+    return pinned
 
 
 class Settings(BaseSettings):
@@ -35,8 +55,9 @@ class Settings(BaseSettings):
 
     model_repository: Path = Field(
         default=Path("model_repository"),
-        description="Directory holding <task>/focus.json plus model.onnx / model.engine / "
-        "model.safetensors; every task found is served.",
+        description="Directory holding <task>/<version>/focus.json plus model.onnx / "
+        "model.engine / model.safetensors (a flat <task>/ is version 1); every task found is "
+        "served, at its highest version unless FOCUS_MODEL_VERSIONS pins one.",
     )
     backend: BackendName = Field(
         default="auto",
@@ -102,6 +123,30 @@ class Settings(BaseSettings):
         description="Pull before serving and fail start-up when a FOCUS_PULL entry fails.",
     )
 
+    # --- model lifecycle (service/model_slot.py, routes/admin.py) and the response cache
+    model_versions: str | None = Field(
+        default=None,
+        description="Comma-separated TASK:VERSION (e.g. camouflage:2,salient:1) pinning the "
+        "repository version served per task; unpinned tasks serve their highest version.",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="Enables POST /admin/reload, which then requires it in the X-Admin-Key "
+        "header; unset: the admin API is off (404).",
+    )
+    repository_poll_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Rescan the model repository every this many seconds and switch to new "
+        "versions without a restart; 0: off (reload with POST /admin/reload).",
+    )
+    cache_mb: float = Field(
+        default=0.0,
+        ge=0,
+        description="Response cache size in MiB (LRU by bytes; key: model version, image bytes "
+        "hash, query parameters); 0: off.",
+    )
+
     @field_validator("pull")
     @classmethod
     def _check_pull(cls, value: str | None) -> str | None:
@@ -111,6 +156,14 @@ class Settings(BaseSettings):
             parse_sources(value)
         except SourceError as exc:
             raise ValueError(str(exc)) from None
+        return value.strip()
+
+    @field_validator("model_versions")
+    @classmethod
+    def _check_model_versions(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_model_versions(value)
         return value.strip()
 
     @model_validator(mode="after")
@@ -127,6 +180,14 @@ class Settings(BaseSettings):
     def pull_sources(self) -> tuple[Source, ...]:
         """``FOCUS_PULL`` parsed (validated when the settings are built)."""
         return parse_sources(self.pull or "")
+
+    @property
+    def pinned_versions(self) -> dict[str, int]:
+        """``FOCUS_MODEL_VERSIONS`` parsed: canonical task -> repository version."""
+        return parse_model_versions(self.model_versions or "")
+
+    def admin_key_value(self) -> str | None:
+        return self.admin_key.get_secret_value() if self.admin_key is not None else None
 
     @property
     def max_delay_s(self) -> float:

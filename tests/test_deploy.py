@@ -49,6 +49,10 @@ DOCUMENTED_METRICS = frozenset(
         "focus_preprocess_duration_seconds",
         "focus_postprocess_duration_seconds",
         "focus_dropped_requests_total",
+        "focus_model_reloads_total",
+        "focus_cache_hits_total",
+        "focus_cache_misses_total",
+        "focus_cache_bytes",
     }
 )
 DOCUMENTED_ROUTES = (
@@ -59,6 +63,8 @@ DOCUMENTED_ROUTES = (
     ("GET", "/health/live"),
     ("GET", "/health/ready"),
     ("GET", "/metrics"),
+    ("GET", "/health/ready/{task}"),
+    ("POST", "/admin/reload"),
 )
 
 COMPOSE_VARIANTS = {

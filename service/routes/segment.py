@@ -1,8 +1,11 @@
 """``POST /segment?task=...`` and ``POST /segment/{task}``: one image in, one mask out.
 
-The handler reads the body under the size limit, decodes and preprocesses in the thread pool,
-queues the inputs in the task's batcher, waits for the outputs (or the deadline, or the client
-going away), and builds the mask and its encoding in the thread pool again.
+The handler binds the request to the task's active model version (a reload meanwhile does not
+move it), reads the body under the size limit, answers from the response cache where
+``FOCUS_CACHE_MB`` enables it, decodes and preprocesses in the thread pool, queues the inputs in
+the version's batcher, waits for the outputs (or the deadline: ``FOCUS_TIMEOUT_S``, lowered by
+``X-Focus-Timeout-Ms``; or the client going away), and builds the mask and its encoding in the
+thread pool again.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.batcher import Outputs, Ticket
-from service.deps import ApiKeyDep, StateDep
+from service.cache import CachedResponse, cache_key
+from service.deps import ApiKeyDep, StateDep, TimeoutDep
 from service.errors import ErrorCode, ServiceError, error_doc
 from service.imaging import ImageDecodeError, ImageTooLargeError
 from service.pipeline import (
@@ -95,7 +99,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": SegmentResult,
         "description": "The mask. `image/png` for png, rgba and overlay; JSON for format=json. "
-        "The Server-Timing header gives the stage durations.",
+        "The Server-Timing header gives the stage durations; X-Focus-Model-Version the "
+        "repository version that computed it; X-Focus-Cache hit or miss when FOCUS_CACHE_MB "
+        "is set.",
         "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
     },
     400: error_doc(
@@ -125,7 +131,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "the camouflage queue is full (64 requests waiting); retry later",
         "Queue full or shutting down; see Retry-After",
     ),
-    504: error_doc(ErrorCode.TIMEOUT, "no result within 30s"),
+    504: error_doc(
+        ErrorCode.TIMEOUT, "no result within 30s", "FOCUS_TIMEOUT_S or X-Focus-Timeout-Ms passed"
+    ),
 }
 
 
@@ -184,15 +192,50 @@ def _ms(seconds: float) -> float:
 
 
 async def _segment(
-    request: Request, state: ServiceState, task: str, fmt: str, threshold: float | None
+    request: Request,
+    state: ServiceState,
+    task: str,
+    fmt: str,
+    threshold: float | None,
+    timeout: float,
+) -> Response:
+    """Bind the request to the task's active model version until its response is built."""
+    async with state.bind(task) as loaded:
+        request.state.focus_task = loaded.task  # the metrics middleware labels by it
+        return await _segment_on(request, state, loaded, fmt, threshold, timeout)
+
+
+def _cache_key(request: Request, loaded: LoadedModel, data: bytes) -> str:
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "task"]
+    card = loaded.backend.card
+    return cache_key(loaded.task, loaded.entry.version, card.version, data, params)
+
+
+def _cached_response(cached: CachedResponse, started: float) -> Response:
+    headers = dict(cached.headers)
+    headers["X-Focus-Cache"] = "hit"
+    headers["Server-Timing"] = f"total;dur={_ms(time.perf_counter() - started)}"
+    return Response(cached.content, media_type=cached.media_type, headers=headers)
+
+
+async def _segment_on(
+    request: Request,
+    state: ServiceState,
+    loaded: LoadedModel,
+    fmt: str,
+    threshold: float | None,
+    timeout: float,
 ) -> Response:
     started = time.perf_counter()
     settings = state.settings
-    loaded = state.model(task)
-    request.state.focus_task = loaded.task  # the metrics middleware labels by it
     metrics = state.metrics
     data = await read_image_body(request, settings.max_body_bytes)
-    deadline = started + settings.timeout_s
+    deadline = started + timeout
+    key = _cache_key(request, loaded, data) if state.cache is not None else None
+    if key is not None and state.cache is not None:
+        cached = state.cache.get(key, loaded.task)
+        if cached is not None:
+            return _cached_response(cached, started)
 
     t0 = time.perf_counter()
     image = await state.run_cpu(_prepare, data, loaded, settings.max_pixels)
@@ -200,7 +243,7 @@ async def _segment(
     metrics.preprocess_duration.labels(task=loaded.task).observe(preprocess_s)
 
     ticket = loaded.batcher.submit(image.inputs.image, image.inputs.edges, deadline)
-    outputs = await _await_outputs(ticket, request, deadline, settings.timeout_s)
+    outputs = await _await_outputs(ticket, request, deadline, timeout)
 
     t1 = time.perf_counter()
     encoded = await state.run_cpu(_finish, image, outputs, fmt, threshold)
@@ -231,11 +274,20 @@ async def _segment(
         "X-Focus-Task": loaded.task,
         "X-Focus-Backend": backend.name,
         "X-Focus-Batch-Size": str(timing.batch_size),
+        "X-Focus-Model-Version": str(loaded.entry.version),
     }
     if fmt != "json":
-        return Response(encoded.content, media_type=encoded.media_type, headers=headers)
-    body = json_result(loaded.task, image, encoded, threshold, backend, timing)
-    return JSONResponse(body.model_dump(mode="json"), headers=headers)
+        response = Response(encoded.content, media_type=encoded.media_type, headers=headers)
+    else:
+        body = json_result(loaded.task, image, encoded, threshold, backend, timing,
+                           repository_version=loaded.entry.version)  # fmt: skip
+        response = JSONResponse(body.model_dump(mode="json"), headers=headers)
+    if key is not None and state.cache is not None:
+        replay = tuple((k, v) for k, v in headers.items() if k != "Server-Timing")
+        content = bytes(response.body)
+        state.cache.put(key, CachedResponse(content, response.media_type or "", replay))
+        response.headers["X-Focus-Cache"] = "miss"
+    return response
 
 
 @router.post(
@@ -248,11 +300,12 @@ async def _segment(
 async def segment_by_query(
     request: Request,
     state: StateDep,
+    timeout: TimeoutDep,
     task: TaskQuery,
     fmt: FormatQuery = "png",
     threshold: ThresholdQuery = None,
 ) -> Response:
-    return await _segment(request, state, task, fmt, threshold)
+    return await _segment(request, state, task, fmt, threshold, timeout)
 
 
 @router.post(
@@ -265,8 +318,9 @@ async def segment_by_query(
 async def segment_by_path(
     request: Request,
     state: StateDep,
+    timeout: TimeoutDep,
     task: TaskPath,
     fmt: FormatQuery = "png",
     threshold: ThresholdQuery = None,
 ) -> Response:
-    return await _segment(request, state, task, fmt, threshold)
+    return await _segment(request, state, task, fmt, threshold, timeout)

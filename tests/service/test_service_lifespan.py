@@ -98,6 +98,10 @@ def test_settings_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyP
         "workers": 1,
         "pull": None,
         "require_pull": False,
+        "model_versions": None,
+        "admin_key": None,
+        "repository_poll_s": 0.0,
+        "cache_mb": 0.0,
     }
 
 
