@@ -101,19 +101,16 @@ def run_serve(args: argparse.Namespace) -> int:
     names = ("host", "port", "model_repository", "backend", "device", "workers", "log_level")
     settings = _settings(args, names)
     _configure_logging(settings.log_level)
-    import uvicorn
 
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "timeout_graceful_shutdown": int(settings.timeout_s) + 1,
-    }
+    from service.server import DrainingServer, uvicorn_config
+
     if settings.workers == 1:
         from service.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
-        return 0
+        config = uvicorn_config(settings, create_app(settings))
+        server = DrainingServer(config, drain_delay_s=settings.drain_delay_s)
+        server.run()
+        return 0 if server.started else 3
     # Several workers: each process builds its app from the environment, and metrics go
     # through prometheus-client's multiprocess mode (see service/metrics.py).
     for name in names:
@@ -128,7 +125,15 @@ def run_serve(args: argparse.Namespace) -> int:
             stale.unlink()
     else:
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="focus-metrics-")
-    uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+    # uvicorn's supervisor builds each worker's server itself: the header timeout applies, the
+    # drain delay does not (run one worker per container to get it; see the README).
+    config = uvicorn_config(
+        settings, "service.app:create_app_from_env", factory=True, workers=settings.workers
+    )
+    sock = config.bind_socket()
+    from uvicorn.supervisors import Multiprocess
+
+    Multiprocess(config, sockets=[sock]).run()
     return 0
 
 

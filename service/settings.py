@@ -6,6 +6,7 @@ Invalid combinations are rejected with a precise message instead of being silent
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +24,12 @@ DeviceName = Literal["cpu", "cuda"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 def parse_model_versions(value: str) -> dict[str, int]:
     """``camouflage:2,sod:1`` -> ``{"camouflage": 2, "salient": 1}``; ValueError if malformed."""
     pinned: dict[str, int] = {}
@@ -103,7 +110,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         default=0,
         ge=0,
-        description="Threads per inference call (ONNX Runtime, PyTorch); 0: library default.",
+        description="Threads of every inference runtime (ONNX Runtime, OpenVINO, PyTorch), "
+        "which run one batch at a time per device; 0: the usable cores.",
     )
     log_level: LogLevel = Field(default="info", description="Log level of the service and uvicorn.")
     workers: int = Field(
@@ -123,6 +131,32 @@ class Settings(BaseSettings):
         description="Pull before serving and fail start-up when a FOCUS_PULL entry fails.",
     )
 
+    # --- hardening (service/admission.py, service/server.py)
+    max_inflight_per_task: int = Field(
+        default=64,
+        ge=1,
+        description="Requests of one task admitted at once (reading, queued, computing, "
+        "encoding); more get 503 overloaded before their body is read.",
+    )
+    max_inflight_pixels: int = Field(
+        default=DEFAULT_MAX_PIXELS,
+        ge=1,
+        description="Decoded pixels (width x height, from the image header) of all admitted "
+        "requests together; a request that does not fit gets 503 overloaded at once. Bounds "
+        "the memory of decoding and post-processing; at least FOCUS_MAX_PIXELS.",
+    )
+    read_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="The request headers, and then the whole body, must arrive within this "
+        "(408 and the connection closed otherwise).",
+    )
+    drain_delay_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="At SIGTERM, /health/ready answers 503 and the listener stays open this "
+        "long before new requests are refused and the queues drain.",
+    )
     # --- model lifecycle (service/model_slot.py, routes/admin.py) and the response cache
     model_versions: str | None = Field(
         default=None,
@@ -172,6 +206,11 @@ class Settings(BaseSettings):
             raise ValueError("FOCUS_BACKEND=tensorrt needs FOCUS_DEVICE=cuda")
         if self.require_gpu and self.device != "cuda":
             raise ValueError("FOCUS_REQUIRE_GPU=true needs FOCUS_DEVICE=cuda")
+        if self.max_inflight_pixels < self.max_pixels:
+            raise ValueError(
+                f"FOCUS_MAX_INFLIGHT_PIXELS ({self.max_inflight_pixels}) must be at least "
+                f"FOCUS_MAX_PIXELS ({self.max_pixels}), or the largest image is never admitted"
+            )
         if self.require_pull and not self.pull_sources:
             raise ValueError("FOCUS_REQUIRE_PULL=true needs FOCUS_PULL (what to pull)")
         return self
@@ -192,6 +231,11 @@ class Settings(BaseSettings):
     @property
     def max_delay_s(self) -> float:
         return self.max_delay_ms / 1000.0
+
+    @property
+    def inference_threads(self) -> int:
+        """The one thread count of every inference runtime (``FOCUS_INTRA_OP_THREADS``)."""
+        return self.intra_op_threads or usable_cores()
 
     def api_key_value(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key is not None else None

@@ -1,8 +1,11 @@
 """What one app instance holds: settings, metrics, the loaded models and their batchers.
 
 ``ServiceState.start`` loads every model in the repository (in a worker thread), warms each
-backend up with one inference, starts the batchers and only then marks the service ready;
-``stop`` marks it not ready, drains the batchers and releases the backends.
+backend up with one inference, starts one ``DeviceExecutor`` per device and the batchers, and
+only then marks the service ready. Shutting down has three steps: ``begin_drain`` (SIGTERM:
+/health/ready turns 503 while requests are still served), ``stop_accepting`` (new requests get
+503 ``shutting_down``) and ``stop`` (every slot drains in parallel within one
+``FOCUS_TIMEOUT_S``, the executors' threads are joined, and only then are backends closed).
 
 Each task's model sits in a ``ModelSlot`` (service/model_slot.py): requests bind to it with
 ``bind``; ``reload`` (service/lifecycle.py) rescans the repository and switches tasks to new
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,11 +30,13 @@ import numpy as np
 from models.processing import preprocess_with_card
 from models.repository import ModelEntry, scan_repository
 from models.tasks import UnknownTaskError, canonical_task
+from service.admission import Admission
 from service.backends.base import Backend
 from service.backends.factory import create_backend
 from service.batcher import Batcher
 from service.cache import ResponseCache
 from service.errors import ErrorCode, ServiceError
+from service.executor import DeviceExecutor
 from service.lifecycle import ModelLifecycle
 from service.metrics import Metrics
 from service.model_slot import ModelSlot, ReloadOutcome
@@ -49,7 +55,7 @@ def default_backend_factory(entry: ModelEntry, settings: Settings) -> Backend:
         backend=settings.backend,
         device=settings.device,
         require_gpu=settings.require_gpu,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=settings.inference_threads,
         engine_cache=settings.engine_cache,
     )
 
@@ -103,8 +109,16 @@ class ServiceState:
             ResponseCache(int(settings.cache_mb * MiB), metrics) if settings.cache_mb > 0 else None
         )
         self.ready = False
+        self.draining = False  # SIGTERM: /health/ready is 503, requests are still served
         self.stopping = False  # new requests are refused; admitted ones finish
         self.cpu_limiter: anyio.CapacityLimiter | None = None
+        self.executors: dict[str, DeviceExecutor] = {}
+        self._closing_backends: list[Backend] = []  # closed after the executors stopped
+        self.admission = Admission(
+            max_inflight_per_task=settings.max_inflight_per_task,
+            max_inflight_pixels=settings.max_inflight_pixels,
+            metrics=metrics,
+        )
 
     async def run_cpu(self, func: Callable[..., T], *args: Any) -> T:
         """Run CPU-bound image work in the thread pool, at most ``cpu_slots`` at a time.
@@ -115,6 +129,14 @@ class ServiceState:
         if self.cpu_limiter is None:
             self.cpu_limiter = anyio.CapacityLimiter(cpu_slots())
         return await anyio.to_thread.run_sync(func, *args, limiter=self.cpu_limiter)
+
+    def executor(self, device: str) -> DeviceExecutor:
+        """The one executor of ``device`` (created and started on first use)."""
+        executor = self.executors.get(device)
+        if executor is None:
+            executor = self.executors[device] = DeviceExecutor(device)
+            executor.start()
+        return executor
 
     @property
     def slots(self) -> dict[str, ModelSlot[LoadedModel]]:
@@ -192,15 +214,33 @@ class ServiceState:
             max_delay_s=s.max_delay_s,
             max_queue=s.max_queue,
             metrics=self.metrics,
+            executor=self.executor(backend.device),
         )
         batcher.start()
         self.metrics.model_info.labels(**self._info_labels(entry, backend)).set(1)
         return LoadedModel(entry=entry, backend=backend, batcher=batcher)
 
     async def _release(self, loaded: LoadedModel) -> None:
-        """Drain a model's batcher and free its backend (shutdown, or after a switch)."""
-        await loaded.batcher.stop(drain_timeout=self.settings.timeout_s)
-        loaded.backend.close()
+        """Drain a model's batcher and free its backend (shutdown, or after a switch).
+
+        The backend is closed only once no batch of it is assembled or computing (the
+        executor's threads never run ``infer`` on a closed backend); at shutdown it is closed
+        after the executors' threads have stopped.
+        """
+        batcher, timeout = loaded.batcher, self.settings.timeout_s
+        try:
+            await asyncio.wait_for(batcher.drain(), timeout)
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
+            logger.warning("%s: queue not drained within %.1fs; failing the rest", loaded.task,
+                           timeout)  # fmt: skip
+        batcher.abort()  # anything still queued: 503 shutting_down
+        if not await batcher.settled(timeout):
+            logger.warning("%s: a batch is still computing after %.1fs", loaded.task, timeout)
+        batcher.executor.unregister(batcher)
+        if self.stopping:
+            self._closing_backends.append(loaded.backend)
+        else:
+            loaded.backend.close()
         with contextlib.suppress(KeyError):
             self.metrics.model_info.remove(
                 *self._info_labels(loaded.entry, loaded.backend).values()
@@ -242,8 +282,29 @@ class ServiceState:
         """Serve what the repository holds now (``ModelLifecycle.reload``; FOCUS_PULL, admin)."""
         return await self.lifecycle.reload(task, version)
 
-    async def stop(self) -> None:
+    def begin_drain(self) -> None:
+        """SIGTERM: report not ready (load balancers stop routing), keep serving for now."""
+        if not self.draining:
+            logger.info("draining: /health/ready answers 503 from now on")
+        self.draining = True
         self.ready = False
+
+    def stop_accepting(self) -> None:
+        """After the drain delay: new requests get 503 shutting_down; admitted ones finish."""
+        self.begin_drain()
         self.stopping = True
+        self.admission.accepting = False
+
+    async def stop(self) -> None:
+        """Drain every slot in parallel (one FOCUS_TIMEOUT_S), join threads, close backends."""
+        started = time.perf_counter()
+        self.stop_accepting()
         await self.lifecycle.close()  # each version released once its requests are done
+        for executor in self.executors.values():
+            await executor.stop(timeout=self.settings.timeout_s)
+        for backend in self._closing_backends:
+            backend.close()  # no executor thread is left to be inside infer
+        self._closing_backends.clear()
+        self.executors.clear()
+        logger.info("stopped in %.2fs", time.perf_counter() - started)
         self.metrics.mark_process_dead()

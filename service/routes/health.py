@@ -22,9 +22,15 @@ async def live() -> LiveResponse:
 @router.get(
     "/ready",
     summary="Readiness probe: every model loaded and warmed up",
-    responses={503: error_doc(ErrorCode.NOT_READY, "models are not loaded yet")},
+    responses={
+        503: error_doc(
+            ErrorCode.NOT_READY, "models are not loaded yet", "Not loaded yet, or draining"
+        )
+    },
 )
 async def ready(state: StateDep) -> ReadyResponse:
+    if state.draining:  # SIGTERM: tell the load balancer first, keep serving meanwhile
+        raise ServiceError(ErrorCode.SHUTTING_DOWN, "draining: the service is shutting down")
     if not state.ready:
         raise ServiceError(ErrorCode.NOT_READY, "models are not loaded yet")
     stopped = [task for task, loaded in state.models.items() if not loaded.batcher.running]
@@ -45,6 +51,8 @@ async def ready_task(
     state: StateDep,
     task: Annotated[str, Path(min_length=1, max_length=64, description="Task name or alias.")],
 ) -> TaskReadyResponse:
+    if state.draining:
+        raise ServiceError(ErrorCode.SHUTTING_DOWN, "draining: the service is shutting down")
     if not state.ready:
         raise ServiceError(ErrorCode.NOT_READY, "models are not loaded yet")
     slot = state.slot(task)

@@ -1,22 +1,28 @@
 """``POST /segment?task=...`` and ``POST /segment/{task}``: one image in, one mask out.
 
 The handler binds the request to the task's active model version (a reload meanwhile does not
-move it), reads the body under the size limit, answers from the response cache where
-``FOCUS_CACHE_MB`` enables it, decodes and preprocesses in the thread pool, queues the inputs in
-the version's batcher, waits for the outputs (or the deadline: ``FOCUS_TIMEOUT_S``, lowered by
-``X-Focus-Timeout-Ms``; or the client going away), and builds the mask and its encoding in the
-thread pool again.
+move it), takes an admission permit before reading anything (503 ``overloaded`` at once when
+the task's in-flight slots or the pixel budget are used up; the image's pixels are reserved as
+soon as its header has arrived), reads the body under the size limit, answers from the response
+cache where ``FOCUS_CACHE_MB`` enables it, decodes and preprocesses in the thread pool, queues
+the inputs in the version's batcher, waits for the outputs (or the deadline:
+``FOCUS_TIMEOUT_S``, lowered by ``X-Focus-Timeout-Ms``; or the client going away), and builds
+the mask and its encoding in the thread pool again. The deadline is checked before every CPU
+stage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from service.admission import HeaderSniffer, Permit
 from service.batcher import Outputs, Ticket
 from service.cache import CachedResponse, cache_key
 from service.deps import ApiKeyDep, StateDep, TimeoutDep
@@ -36,7 +42,9 @@ from service.schemas import SegmentResult, Timing
 from service.state import LoadedModel, ServiceState
 from service.upload import read_image_body
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["segmentation"], dependencies=[ApiKeyDep])
+T = TypeVar("T")
 
 TaskQuery = Annotated[
     str,
@@ -126,10 +134,16 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         ErrorCode.BACKEND_ERROR,
         "the onnxruntime backend failed on this request's batch (RuntimeError); see the server log",
     ),
+    408: error_doc(
+        ErrorCode.REQUEST_TIMEOUT,
+        "the request body did not arrive within 30s",
+        "Headers or body slower than FOCUS_READ_TIMEOUT_S; the connection is closed",
+    ),
     503: error_doc(
-        ErrorCode.QUEUE_FULL,
-        "the camouflage queue is full (64 requests waiting); retry later",
-        "Queue full or shutting down; see Retry-After",
+        ErrorCode.OVERLOADED,
+        "the server is busy with 30000000 pixels of images (the budget is 40000000); "
+        "this 48000000-pixel image does not fit; retry later",
+        "Overloaded (admission), queue full or shutting down; see Retry-After",
     ),
     504: error_doc(
         ErrorCode.TIMEOUT, "no result within 30s", "FOCUS_TIMEOUT_S or X-Focus-Timeout-Ms passed"
@@ -166,7 +180,7 @@ async def _await_outputs(
     if ticket.future in done:
         return ticket.future.result()  # or the batch's ServiceError
     if watcher in done:
-        ticket.cancel("cancelled")
+        ticket.cancel("client_gone")
         raise ServiceError(ErrorCode.CLIENT_CLOSED, "the client closed the connection")
     ticket.cancel("deadline")
     raise ServiceError(ErrorCode.TIMEOUT, f"no result within {timeout:g}s")
@@ -187,6 +201,45 @@ def _finish(image: PreparedImage, outputs: Outputs, fmt: str, threshold: float |
     return encode(fmt, image, result, threshold)
 
 
+def _before(deadline: float, timeout: float, stage: str, task: str, state: ServiceState) -> None:
+    """504 when the deadline passed before ``stage`` starts (no CPU spent on a lost cause)."""
+    if time.perf_counter() >= deadline:
+        state.metrics.dropped.labels(task=task, reason="deadline").inc()
+        raise ServiceError(
+            ErrorCode.TIMEOUT, f"no result within {timeout:g}s (deadline passed before {stage})"
+        )
+
+
+async def _cpu_stage(
+    state: ServiceState,
+    deadline: float,
+    timeout: float,
+    stage: str,
+    task: str,
+    func: Callable[..., T],
+    *args: Any,
+) -> T:
+    """Run ``func`` in the CPU pool, checking the deadline once it has a slot."""
+    def checked() -> T:
+        _before(deadline, timeout, stage, task, state)
+        return func(*args)
+
+    _before(deadline, timeout, stage, task, state)
+    return await state.run_cpu(checked)
+
+
+async def _read_body(
+    request: Request, state: ServiceState, task: str, sniffer: HeaderSniffer
+) -> bytes:
+    try:
+        return await read_image_body(request, state.settings.max_body_bytes, sniffer)
+    except ServiceError as exc:
+        if exc.code is ErrorCode.CLIENT_CLOSED:  # an ordinary client abort, not a server fault
+            state.metrics.dropped.labels(task=task, reason="client_gone").inc()
+            logger.info("%s: the client went away during the upload", task)
+        raise
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
@@ -202,7 +255,8 @@ async def _segment(
     """Bind the request to the task's active model version until its response is built."""
     async with state.bind(task) as loaded:
         request.state.focus_task = loaded.task  # the metrics middleware labels by it
-        return await _segment_on(request, state, loaded, fmt, threshold, timeout)
+        with state.admission.admit(loaded.task) as permit:  # before the body: 503 at once
+            return await _segment_on(request, state, loaded, fmt, threshold, timeout, permit)
 
 
 def _cache_key(request: Request, loaded: LoadedModel, data: bytes) -> str:
@@ -225,12 +279,14 @@ async def _segment_on(
     fmt: str,
     threshold: float | None,
     timeout: float,
+    permit: Permit,
 ) -> Response:
     started = time.perf_counter()
     settings = state.settings
     metrics = state.metrics
-    data = await read_image_body(request, settings.max_body_bytes)
+    task = loaded.task
     deadline = started + timeout
+    data = await _read_body(request, state, task, HeaderSniffer(permit, settings.max_pixels))
     key = _cache_key(request, loaded, data) if state.cache is not None else None
     if key is not None and state.cache is not None:
         cached = state.cache.get(key, loaded.task)
@@ -238,15 +294,20 @@ async def _segment_on(
             return _cached_response(cached, started)
 
     t0 = time.perf_counter()
-    image = await state.run_cpu(_prepare, data, loaded, settings.max_pixels)
+    image = await _cpu_stage(
+        state, deadline, timeout, "decoding", task, _prepare, data, loaded, settings.max_pixels
+    )
     preprocess_s = time.perf_counter() - t0
     metrics.preprocess_duration.labels(task=loaded.task).observe(preprocess_s)
 
+    _before(deadline, timeout, "queueing", task, state)
     ticket = loaded.batcher.submit(image.inputs.image, image.inputs.edges, deadline)
     outputs = await _await_outputs(ticket, request, deadline, timeout)
 
     t1 = time.perf_counter()
-    encoded = await state.run_cpu(_finish, image, outputs, fmt, threshold)
+    encoded = await _cpu_stage(
+        state, deadline, timeout, "post-processing", task, _finish, image, outputs, fmt, threshold
+    )
     postprocess_s = time.perf_counter() - t1
     metrics.postprocess_duration.labels(task=loaded.task).observe(postprocess_s)
     total_s = time.perf_counter() - started
