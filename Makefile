@@ -23,7 +23,7 @@ DEPS_HASH := $(shell cat pyproject.toml Makefile | (sha256sum 2>/dev/null || sha
 SERVE_STAMP := $(VENV)/.focus-serve-$(DEPS_HASH)
 TEST_STAMP := $(VENV)/.focus-test-$(DEPS_HASH)
 
-.PHONY: help serve test install-serve install-test system-deps lint clean demo-models \
+.PHONY: help serve test install-serve install-test system-deps lint typecheck clean demo-models \
 	container-deps container-test
 
 help:
@@ -31,6 +31,7 @@ help:
 	@echo "make test   - install the service, training and test tools into $(VENV) and run pytest"
 	@echo "make container-test - build the CPU image and the compose stack with podman and test them"
 	@echo "make lint   - ruff check"
+	@echo "make typecheck - mypy over models/, service/ and export/ (part of make test)"
 	@echo "make clean  - remove $(VENV)"
 
 $(BIN)/python:
@@ -78,8 +79,9 @@ system-deps:
 	fi; \
 	rm -f "$$log"
 
+# mypy first (seconds with its cache in .mypy_cache; files and rules in [tool.mypy]), then pytest.
 # pytest exits 5 when it collected no test; that is not a failure of the suite.
-test: $(TEST_STAMP) system-deps
+test: $(TEST_STAMP) system-deps typecheck
 	@rc=0; $(BIN)/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
@@ -89,6 +91,9 @@ demo-models: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
+
+typecheck: $(TEST_STAMP)
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV)
