@@ -357,6 +357,46 @@ def _cached_response(cached: CachedResponse, started: float) -> Response:
     return Response(cached.content, media_type=cached.media_type, headers=headers)
 
 
+async def _zoom_pass(
+    request: Request,
+    state: ServiceState,
+    loaded: LoadedModel,
+    zoom: ZoomDecision | None,
+    deadline: float,
+    timeout: float,
+) -> tuple[Outputs | None, Ticket | None]:
+    """zoom=auto: the second network pass on the crop, through the same batcher and deadline
+    (nothing when zoom is off or the first pass found no small object)."""
+    if zoom is None or zoom.crop is None:
+        return None, None
+    crop = zoom.crop.image.inputs
+    _before(deadline, timeout, "the zoom pass", loaded.task, state)
+    ticket = loaded.batcher.submit(crop.image, crop.edges, deadline)
+    return await _await_outputs(ticket, request, deadline, timeout), ticket
+
+
+def _headers(
+    timing: Timing, loaded: LoadedModel, image: PreparedImage, info: RefinementInfo
+) -> dict[str, str]:
+    return {
+        "Server-Timing": ", ".join(
+            f"{name};dur={value}"
+            for name, value in (
+                ("preprocess", timing.preprocess_ms),
+                ("queue", timing.queue_ms),
+                ("compute", timing.compute_ms),
+                ("postprocess", timing.postprocess_ms),
+                ("total", timing.total_ms),
+            )
+        ),
+        "X-Focus-Task": loaded.task,
+        "X-Focus-Backend": loaded.backend.name,
+        "X-Focus-Batch-Size": str(timing.batch_size),
+        "X-Focus-Model-Version": str(loaded.entry.version),
+        **response_headers(image, info),
+    }
+
+
 async def _segment_on(
     request: Request,
     state: ServiceState,
@@ -395,14 +435,9 @@ async def _segment_on(
         state, deadline, timeout, "post-processing", task,
         _first_pass, image, outputs, fmt, threshold, options, loaded,
     )  # fmt: skip
-    zoom_outputs, zoom_ticket = None, None
-    if zoom is not None and zoom.crop is not None:  # zoom=auto: a second pass on the crop
-        crop = zoom.crop.image.inputs
-        t_wait = time.perf_counter()
-        _before(deadline, timeout, "the zoom pass", task, state)
-        zoom_ticket = loaded.batcher.submit(crop.image, crop.edges, deadline)
-        zoom_outputs = await _await_outputs(zoom_ticket, request, deadline, timeout)
-        t1 += time.perf_counter() - t_wait  # the wait counts as queue/compute, not postprocess
+    t_wait = time.perf_counter()
+    zoom_outputs, zoom_ticket = await _zoom_pass(request, state, loaded, zoom, deadline, timeout)
+    t1 += time.perf_counter() - t_wait  # the wait counts as queue/compute, not postprocess
     encoded, info = await _cpu_stage(
         state, deadline, timeout, "post-processing", task,
         _finish, image, result, fmt, threshold, options, zoom, zoom_outputs,
@@ -420,23 +455,7 @@ async def _segment_on(
         batch_size=max(ticket.batch_size, 1),
     )
     backend = loaded.backend
-    headers = {
-        "Server-Timing": ", ".join(
-            f"{name};dur={value}"
-            for name, value in (
-                ("preprocess", timing.preprocess_ms),
-                ("queue", timing.queue_ms),
-                ("compute", timing.compute_ms),
-                ("postprocess", timing.postprocess_ms),
-                ("total", timing.total_ms),
-            )
-        ),
-        "X-Focus-Task": loaded.task,
-        "X-Focus-Backend": backend.name,
-        "X-Focus-Batch-Size": str(timing.batch_size),
-        "X-Focus-Model-Version": str(loaded.entry.version),
-        **response_headers(image, info),
-    }
+    headers = _headers(timing, loaded, image, info)
     if fmt != "json":
         response = Response(encoded.content, media_type=encoded.media_type, headers=headers)
     else:
