@@ -115,15 +115,17 @@ def test_mp4v_codec_writes_an_mp4_with_every_frame(clip: Path, tmp_path: Path) -
     assert len(masks) == FRAMES and fps == pytest.approx(FPS)
 
 
-def test_animated_gif_gives_one_mask_per_frame(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".gif", ".webp"])
+def test_animated_image_gives_one_mask_per_frame(tmp_path: Path, suffix: str) -> None:
     frames = []
     for k in range(4):
         rgb = np.full((90, 120, 3), 30 + 20 * k, np.uint8)
         rgb[30:60, 20 + 15 * k : 50 + 15 * k] = (250, 220, 40)
         frames.append(rgb)
-    gif = tmp_path / "anim.gif"
+    gif = tmp_path / f"anim{suffix}"
     images = [Image.fromarray(f) for f in frames]
-    images[0].save(gif, save_all=True, append_images=images[1:], duration=80, loop=0)
+    save = {"lossless": True} if suffix == ".webp" else {}
+    images[0].save(gif, save_all=True, append_images=images[1:], duration=80, loop=0, **save)
     decoded = [np.asarray(f.convert("RGB")) for f in _gif_frames(gif)]
     out = tmp_path / "out"
     assert segment("--input", str(gif), "--output", str(out)) == 0
