@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-FORMATS = ("png", "json", "rgba", "overlay")
+FORMATS = ("png", "json", "rgba", "overlay", "webp")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
 
@@ -55,7 +55,8 @@ def register(subparsers: Any) -> None:
         "segment",
         help="segment image files without a server",
         description="Segment an image file or every image in a folder (recursively) with the "
-        "service's backends and processing, writing one mask per image.",
+        "service's backends and processing, writing one mask per image. Videos give a mask "
+        "video (same frame count, size and rate); animated GIF/WebP/APNG one mask per frame.",
     )
     segment.add_argument("--task", required=True, help="task name or alias (e.g. camouflage, cod)")
     segment.add_argument("--input", required=True, type=Path, help="image file or folder")
@@ -67,12 +68,41 @@ def register(subparsers: Any) -> None:
         help="png: grayscale mask; json: mask + statistics; rgba: cut-out; overlay: visual check",
     )
     segment.add_argument("--threshold", type=_unit_float, help="binarise the mask at this value")
+    _add_refinement_arguments(segment)
     segment.add_argument("--backend", choices=BACKENDS, help="inference backend (FOCUS_BACKEND)")
     segment.add_argument("--device", choices=("cpu", "cuda"), help="device (FOCUS_DEVICE)")
     segment.add_argument(
         "--model-repository", type=Path, help="model repository (FOCUS_MODEL_REPOSITORY)"
     )
     segment.set_defaults(func=run_segment)
+
+
+def _add_refinement_arguments(segment: Any) -> None:
+    """The full-resolution options (as ``/segment``'s query parameters) and video output."""
+    segment.add_argument(
+        "--refine", choices=("none", "guided"), default="none",
+        help="guided: edge-aware upsampling of the mask (as refine=guided on /segment)",
+    )  # fmt: skip
+    segment.add_argument(
+        "--zoom", choices=("off", "auto"), default="off",
+        help="auto: second pass on a crop around a small object (salient, camouflage)",
+    )  # fmt: skip
+    segment.add_argument(
+        "--decontaminate", action="store_true",
+        help="with --format rgba: estimate foreground colours at the edge (no halo)",
+    )  # fmt: skip
+    segment.add_argument(
+        "--encoding", choices=("png", "webp", "jpeg"),
+        help="png (default), webp (lossless) or jpeg (overlay only)",
+    )  # fmt: skip
+    segment.add_argument(
+        "--video-codec", choices=("ffv1", "mp4v"), default="ffv1",
+        help="mask/overlay video: ffv1 = lossless .mkv (default), mp4v = lossy .mp4 that plays "
+        "everywhere; --format rgba writes a PNG/WebP sequence instead (no alpha in video)",
+    )  # fmt: skip
+    segment.add_argument(
+        "--batch", type=int, default=8, help="video/animation frames per backend call"
+    )
 
 
 def _settings(args: argparse.Namespace, names: tuple[str, ...]) -> Any:
@@ -140,12 +170,16 @@ def run_serve(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------- segment
 
 
-def _image_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _image_files(root: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
 
 
-def _output_path(output: Path, relative: Path, fmt: str, taken: set[Path]) -> Path:
-    suffix = ".json" if fmt == "json" else ".png"
+def _output_path(
+    output: Path, relative: Path, fmt: str, taken: set[Path], encoding: str | None = None
+) -> Path:
+    suffix = ".json" if fmt == "json" else {"webp": ".webp", "jpeg": ".jpg"}.get(
+        encoding or ("webp" if fmt == "webp" else "png"), ".png"
+    )
     path = output / relative.with_suffix(suffix)
     if path in taken:  # a.jpg and a.png in one folder: keep both
         path = output / relative.with_name(f"{relative.stem}_{relative.suffix[1:]}{suffix}")
@@ -171,13 +205,22 @@ def run_segment(args: argparse.Namespace) -> int:
         needs_binary,
         prepare,
     )
+    from service.refinement import OptionError, Options, check_options, refine_with_backend
     from service.schemas import Timing
+    from service.video import VIDEO_SUFFIXES
 
     try:
         task = canonical_task(args.task)
         entries = scan_repository(settings.model_repository)
-    except (UnknownTaskError, RepositoryError) as exc:
+        options = check_options(task, args.format, Options(
+            refine=args.refine, zoom=args.zoom, decontaminate=args.decontaminate,
+            encoding=args.encoding,
+        ))  # fmt: skip
+    except (UnknownTaskError, RepositoryError, OptionError) as exc:
         print(f"focus segment: {exc}", file=sys.stderr)
+        return 2
+    if args.batch < 1:
+        print(f"focus segment: --batch must be >= 1, got {args.batch}", file=sys.stderr)
         return 2
     if task not in entries:
         print(
@@ -187,7 +230,8 @@ def run_segment(args: argparse.Namespace) -> int:
         )
         return 2
     if args.input.is_dir():
-        files = [(p, p.relative_to(args.input)) for p in _image_files(args.input)]
+        media = IMAGE_SUFFIXES + VIDEO_SUFFIXES
+        files = [(p, p.relative_to(args.input)) for p in _image_files(args.input, media)]
     elif args.input.is_file():
         files = [(args.input, Path(args.input.name))]
     else:
@@ -213,6 +257,10 @@ def run_segment(args: argparse.Namespace) -> int:
     try:
         for path, relative in progress:
             started = time.perf_counter()
+            handled = _segment_media(path, relative, args, backend, options, settings, progress)
+            if handled is not None:  # a video or an animation: frames, not one image
+                failures += handled
+                continue
             try:
                 image = prepare(path.read_bytes(), backend.card, settings.max_pixels)
             except (ImageDecodeError, ImageTooLargeError, OSError) as exc:
@@ -224,12 +272,15 @@ def run_segment(args: argparse.Namespace) -> int:
                 image.inputs.image[None], image.inputs.edges[None]
             )
             t_comp = time.perf_counter()
-            result = compute_mask(
-                class_probs[0], mask_logits[0], image, with_binary=needs_binary(fmt, threshold)
-            )
-            encoded = encode(fmt, image, result, threshold)
+            first = compute_mask(
+                class_probs[0], mask_logits[0], image,
+                with_binary=needs_binary(fmt, threshold) and not options.changes_mask,
+            )  # fmt: skip
+            result, info = refine_with_backend(backend, image, first, options)
+            encoded = encode(fmt, image, result, threshold, encoding=options.encoding,
+                             decontaminate=options.decontaminate)  # fmt: skip
             done = time.perf_counter()
-            out = _output_path(args.output, relative, fmt, taken)
+            out = _output_path(args.output, relative, fmt, taken, options.encoding)
             out.parent.mkdir(parents=True, exist_ok=True)
             if fmt == "json":
                 timing = Timing(
@@ -241,7 +292,8 @@ def run_segment(args: argparse.Namespace) -> int:
                     batch_size=1,
                 )
                 body = json_result(task, image, encoded, threshold, backend, timing,
-                                   repository_version=entries[task].version)  # fmt: skip
+                                   repository_version=entries[task].version,
+                                   refinement=info)  # fmt: skip
                 out.write_text(body.model_dump_json(indent=2) + "\n", encoding="utf-8")
             else:
                 out.write_bytes(encoded.content)
@@ -251,3 +303,72 @@ def run_segment(args: argparse.Namespace) -> int:
     written = len(files) - failures
     print(f"{written} of {len(files)} images segmented into {args.output}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _segment_media(
+    path: Path,
+    relative: Path,
+    args: argparse.Namespace,
+    backend: Any,
+    options: Any,
+    settings: Any,
+    outer: Any,
+) -> int | None:
+    """Segment a video or an animated image frame by frame (``service.video``).
+
+    Returns None for a still image (the caller segments it), else the failure count (0 or 1):
+    an unreadable or unsupported file is reported and the run goes on.
+    """
+    from tqdm import tqdm
+
+    from service.imaging import ImageTooLargeError
+    from service.pipeline import json_result
+    from service.schemas import Timing
+    from service.video import (
+        MediaError,
+        animated_frame_count,
+        is_video,
+        segment_animation,
+        segment_video,
+        video_output,
+    )
+
+    video = is_video(path)
+    if not video and animated_frame_count(path) <= 1:
+        return None
+    fmt, threshold = args.format, args.threshold
+    bar = tqdm(unit="frame", desc=path.name, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        if total and bar.total != total:
+            bar.total = total
+        bar.update(1)
+
+    def render_json(image: Any, encoded: Any, info: Any) -> str:
+        timing = Timing(preprocess_ms=0.0, queue_ms=0.0, compute_ms=0.0, postprocess_ms=0.0,
+                        total_ms=0.0, batch_size=1)  # fmt: skip
+        body = json_result(backend.card.task, image, encoded, threshold, backend, timing,
+                           refinement=info)  # fmt: skip
+        return body.model_dump_json(indent=2) + "\n"
+
+    try:
+        if video:
+            target = video_output(args.output, relative, fmt, args.video_codec)
+            frames = segment_video(
+                path, target, backend, fmt=fmt, threshold=threshold, options=options,
+                batch=args.batch, codec=args.video_codec, progress=progress,
+            )  # fmt: skip
+        else:
+            target = args.output / relative.with_suffix("")
+            frames = segment_animation(
+                path, target, backend, fmt=fmt, threshold=threshold, options=options,
+                max_pixels=settings.max_pixels, batch=args.batch, render_json=render_json,
+                progress=progress,
+            )  # fmt: skip
+    except (MediaError, ImageTooLargeError, OSError) as exc:
+        outer.write(f"{path}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+    outer.write(f"{path}: {frames} frames -> {target}", file=sys.stderr)
+    return 0

@@ -15,21 +15,31 @@ import numpy as np
 
 from models.config import ModelCard
 from models.processing import Prepared, postprocess, preprocess_with_card
+from models.refine import estimate_foreground, foreground_radius
 from service.backends.base import Backend
 from service.imaging import (
+    ENCODING_MEDIA_TYPES,
     MaskStats,
     decode_image,
+    encode_as,
     encode_mask_png,
-    encode_overlay_png,
-    encode_rgba_png,
+    encode_overlay,
+    encode_rgba,
     mask_stats,
     mask_to_uint8,
 )
-from service.schemas import BoundingBox, ModelInfo, SegmentResult, Timing
+from service.schemas import (
+    BoundingBox,
+    ModelInfo,
+    NetworkInput,
+    RefinementInfo,
+    SegmentResult,
+    Timing,
+)
 
 logger = logging.getLogger(__name__)
 
-OutputFormat = Literal["png", "json", "rgba", "overlay"]
+OutputFormat = Literal["png", "json", "rgba", "overlay", "webp"]
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 
 
@@ -89,14 +99,32 @@ def needs_binary(fmt: str, threshold: float | None) -> bool:
     return fmt == "json" and threshold is None
 
 
-def encode(fmt: str, image: PreparedImage, result: MaskResult, threshold: float | None) -> Encoded:
+def encode(
+    fmt: str,
+    image: PreparedImage,
+    result: MaskResult,
+    threshold: float | None,
+    *,
+    encoding: str | None = None,
+    decontaminate: bool = False,
+) -> Encoded:
+    """The response body of ``fmt``; ``encoding`` (png, webp, jpeg; default png, webp for
+    format=webp) was checked by ``service.refinement.check_options``. ``decontaminate``: the
+    cut-out carries estimated foreground colours instead of the image's (no halo)."""
     mask_u8 = mask_to_uint8(result.soft, threshold)
-    if fmt == "png":
-        return Encoded(encode_mask_png(mask_u8), "image/png")
+    encoding = encoding or ("webp" if fmt == "webp" else "png")
+    media_type = ENCODING_MEDIA_TYPES.get(encoding, "application/octet-stream")
+    if fmt in ("png", "webp"):
+        return Encoded(encode_as(mask_u8, encoding), media_type)
     if fmt == "rgba":
-        return Encoded(encode_rgba_png(image.rgb, mask_u8), "image/png")
+        rgb = image.rgb
+        if decontaminate:
+            p = image.inputs
+            radius = foreground_radius(p.original_size, p.resized_size)
+            rgb = estimate_foreground(rgb, mask_u8.astype(np.float32) / 255.0, radius)
+        return Encoded(encode_rgba(rgb, mask_u8, encoding), media_type)
     if fmt == "overlay":
-        return Encoded(encode_overlay_png(image.rgb, mask_u8), "image/png")
+        return Encoded(encode_overlay(image.rgb, mask_u8, encoding), media_type)
     if fmt == "json":
         if threshold is not None:
             binary = result.soft > threshold
@@ -118,6 +146,7 @@ def json_result(
     timing: Timing,
     *,
     repository_version: int | None = None,
+    refinement: RefinementInfo | None = None,
 ) -> SegmentResult:
     """The ``format=json`` body (also what ``focus segment --format json`` writes)."""
     if encoded.stats is None or encoded.mask_png is None:
@@ -147,6 +176,19 @@ def json_result(
             repository_version=repository_version,
         ),
         timing=timing,
+        network=network_input(image),
+        refinement=refinement or RefinementInfo(),
+    )
+
+
+def network_input(image: PreparedImage) -> NetworkInput:
+    """The size the network saw and its ratio to the original (of the long sides, which
+    round least)."""
+    p = image.inputs
+    return NetworkInput(
+        width=p.resized_size[1],
+        height=p.resized_size[0],
+        scale=round(max(p.resized_size) / max(p.original_size), 6),
     )
 
 

@@ -39,6 +39,35 @@ class Timing(BaseModel):
     batch_size: int = Field(ge=1, description="images in the backend call that computed this one")
 
 
+class NetworkInput(BaseModel):
+    """What the network saw: the image resized by its short side (and capped on its long side).
+
+    Also sent for every image response as ``X-Focus-Network-Size`` (``WxH``) and
+    ``X-Focus-Scale``."""
+
+    width: int = Field(ge=1, examples=[171])
+    height: int = Field(ge=1, examples=[128])
+    scale: float = Field(
+        gt=0, description="network size / original size (below 1: the image was downscaled)",
+        examples=[0.0625],
+    )
+
+
+class ZoomInfo(BaseModel):
+    """The zoom pass (``zoom=auto``): whether it ran and on which crop."""
+
+    ran: bool = Field(description="true: a second pass on the crop was blended in")
+    crop: BoundingBox | None = Field(description="the crop of the second pass, original pixels")
+    reason: str = Field(examples=["the object is small: the crop is seen 3.2x larger"])
+
+
+class RefinementInfo(BaseModel):
+    """The opt-in full-resolution refinements applied to this mask."""
+
+    refine: str = Field(default="none", description="none | guided (edge-aware upsampling)")
+    zoom: ZoomInfo | None = Field(default=None, description="null unless zoom=auto")
+
+
 class SegmentResult(BaseModel):
     """``format=json``: the mask plus summary statistics."""
 
@@ -59,6 +88,8 @@ class SegmentResult(BaseModel):
     )
     model: ModelInfo
     timing: Timing
+    network: NetworkInput
+    refinement: RefinementInfo = Field(default_factory=RefinementInfo)
 
 
 class InputInfo(BaseModel):

@@ -27,9 +27,10 @@ from service.batcher import Outputs, Ticket
 from service.cache import CachedResponse, cache_key
 from service.deps import ApiKeyDep, StateDep, TimeoutDep
 from service.errors import ErrorCode, ServiceError, error_doc
-from service.imaging import ImageDecodeError, ImageTooLargeError
+from service.imaging import Encoding, ImageDecodeError, ImageTooLargeError
 from service.pipeline import (
     Encoded,
+    MaskResult,
     OutputFormat,
     PreparedImage,
     compute_mask,
@@ -38,7 +39,18 @@ from service.pipeline import (
     needs_binary,
     prepare,
 )
-from service.schemas import SegmentResult, Timing
+from service.refinement import (
+    OptionError,
+    Options,
+    RefineMode,
+    ZoomDecision,
+    ZoomMode,
+    check_options,
+    plan_zoom_pass,
+    refine_result,
+    response_headers,
+)
+from service.schemas import RefinementInfo, SegmentResult, Timing
 from service.state import LoadedModel, ServiceState
 from service.upload import read_image_body
 
@@ -64,8 +76,45 @@ FormatQuery = Annotated[
     Query(
         alias="format",
         description="png: 8-bit grayscale mask (probability x 255) at the original size; "
+        "webp: the same mask as lossless WebP (decodes as RGB with R = G = B); "
         "json: the mask as base64 PNG plus statistics; rgba: the image with the mask as alpha; "
         "overlay: the mask tinted over the image.",
+        examples=["png", "webp"],
+    ),
+]
+EncodingQuery = Annotated[
+    Encoding | None,
+    Query(
+        description="How png/rgba/overlay images are encoded: png (default), webp (lossless; "
+        "rgba keeps its alpha) or jpeg (quality 90, overlay only). format=webp implies webp.",
+        examples=["jpeg", "webp"],
+    ),
+]
+RefineQuery = Annotated[
+    RefineMode,
+    Query(
+        description="guided: edge-aware upsampling of the mask (a guided filter on the "
+        "full-resolution image, radius scaled to the resize factor). Off by default; offered "
+        "only for tasks where it measured better (benchmarks/RESULTS.md), else 422.",
+        examples=["guided"],
+    ),
+]
+ZoomQuery = Annotated[
+    ZoomMode,
+    Query(
+        description="auto: when the object is small relative to the image, run a second pass "
+        "on a crop around it and blend it in where the first pass is uncertain (the JSON's "
+        "refinement.zoom and the X-Focus-Zoom header say whether it ran). Offered only for "
+        "tasks where it measured better, else 422.",
+        examples=["auto"],
+    ),
+]
+DecontaminateQuery = Annotated[
+    bool,
+    Query(
+        description="format=rgba only: estimate the foreground colour at the soft edge so the "
+        "cut-out shows no fringe of the old background on a new one.",
+        examples=[True],
     ),
 ]
 ThresholdQuery = Annotated[
@@ -106,11 +155,19 @@ _REQUEST_BODY: dict[str, Any] = {
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": SegmentResult,
-        "description": "The mask. `image/png` for png, rgba and overlay; JSON for format=json. "
-        "The Server-Timing header gives the stage durations; X-Focus-Model-Version the "
-        "repository version that computed it; X-Focus-Cache hit or miss when FOCUS_CACHE_MB "
-        "is set.",
-        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "The mask. `image/png` for png, rgba and overlay (`image/webp` or "
+        "`image/jpeg` with encoding=webp|jpeg, `image/webp` for format=webp); JSON for "
+        "format=json. The Server-Timing header gives the stage durations; X-Focus-Model-Version "
+        "the repository version that computed it; X-Focus-Cache hit or miss when "
+        "FOCUS_CACHE_MB is set; X-Focus-Network-Size (WxH) and X-Focus-Scale (network / "
+        "original) what the network saw. Examples: `?format=webp`, "
+        "`?format=rgba&decontaminate=true&encoding=webp`, `?format=overlay&encoding=jpeg`, "
+        "`?refine=guided`, `?format=json&zoom=auto`.",
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/webp": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        },
     },
     400: error_doc(
         ErrorCode.INVALID_IMAGE,
@@ -128,7 +185,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     ),
     415: error_doc(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "unsupported content type 'text/plain'; ..."),
     422: error_doc(
-        ErrorCode.VALIDATION_ERROR, "query.threshold: Input should be less than or equal to 1"
+        ErrorCode.VALIDATION_ERROR,
+        "query.threshold: Input should be less than or equal to 1",
+        "Invalid parameter, or an option not offered for this task or format (e.g. "
+        "\"encoding=jpeg is not available for format=rgba ...\")",
     ),
     500: error_doc(
         ErrorCode.BACKEND_ERROR,
@@ -195,10 +255,28 @@ def _prepare(data: bytes, loaded: LoadedModel, max_pixels: int) -> PreparedImage
         raise ServiceError(ErrorCode.INVALID_IMAGE, str(exc)) from None
 
 
-def _finish(image: PreparedImage, outputs: Outputs, fmt: str, threshold: float | None) -> Encoded:
+def _first_pass(
+    image: PreparedImage, outputs: Outputs, fmt: str, threshold: float | None,
+    options: Options, loaded: LoadedModel,
+) -> tuple[MaskResult, ZoomDecision | None]:  # fmt: skip
     class_probs, mask_logits = outputs
-    result = compute_mask(class_probs, mask_logits, image, with_binary=needs_binary(fmt, threshold))
-    return encode(fmt, image, result, threshold)
+    with_binary = needs_binary(fmt, threshold) and not options.changes_mask
+    result = compute_mask(class_probs, mask_logits, image, with_binary=with_binary)
+    if options.zoom != "auto":
+        return result, None
+    return result, plan_zoom_pass(image, result.soft, loaded.backend.card)
+
+
+def _finish(
+    image: PreparedImage, result: MaskResult, fmt: str, threshold: float | None,
+    options: Options, zoom: ZoomDecision | None, zoom_outputs: Outputs | None,
+) -> tuple[Encoded, RefinementInfo]:  # fmt: skip
+    refined, info = refine_result(image, result, options, zoom, zoom_outputs)
+    encoded = encode(
+        fmt, image, refined, threshold,
+        encoding=options.encoding, decontaminate=options.decontaminate,
+    )  # fmt: skip
+    return encoded, info
 
 
 def _before(deadline: float, timeout: float, stage: str, task: str, state: ServiceState) -> None:
@@ -251,12 +329,19 @@ async def _segment(
     fmt: str,
     threshold: float | None,
     timeout: float,
+    options: Options = Options(),  # noqa: B008 - frozen, never mutated
 ) -> Response:
     """Bind the request to the task's active model version until its response is built."""
     async with state.bind(task) as loaded:
         request.state.focus_task = loaded.task  # the metrics middleware labels by it
+        try:  # refused options cost nothing: before admission and the body
+            options = check_options(loaded.task, fmt, options)
+        except OptionError as exc:
+            raise ServiceError(ErrorCode.VALIDATION_ERROR, str(exc)) from None
         with state.admission.admit(loaded.task) as permit:  # before the body: 503 at once
-            return await _segment_on(request, state, loaded, fmt, threshold, timeout, permit)
+            return await _segment_on(
+                request, state, loaded, fmt, threshold, timeout, permit, options
+            )
 
 
 def _cache_key(request: Request, loaded: LoadedModel, data: bytes) -> str:
@@ -272,6 +357,46 @@ def _cached_response(cached: CachedResponse, started: float) -> Response:
     return Response(cached.content, media_type=cached.media_type, headers=headers)
 
 
+async def _zoom_pass(
+    request: Request,
+    state: ServiceState,
+    loaded: LoadedModel,
+    zoom: ZoomDecision | None,
+    deadline: float,
+    timeout: float,
+) -> tuple[Outputs | None, Ticket | None]:
+    """zoom=auto: the second network pass on the crop, through the same batcher and deadline
+    (nothing when zoom is off or the first pass found no small object)."""
+    if zoom is None or zoom.crop is None:
+        return None, None
+    crop = zoom.crop.image.inputs
+    _before(deadline, timeout, "the zoom pass", loaded.task, state)
+    ticket = loaded.batcher.submit(crop.image, crop.edges, deadline)
+    return await _await_outputs(ticket, request, deadline, timeout), ticket
+
+
+def _headers(
+    timing: Timing, loaded: LoadedModel, image: PreparedImage, info: RefinementInfo
+) -> dict[str, str]:
+    return {
+        "Server-Timing": ", ".join(
+            f"{name};dur={value}"
+            for name, value in (
+                ("preprocess", timing.preprocess_ms),
+                ("queue", timing.queue_ms),
+                ("compute", timing.compute_ms),
+                ("postprocess", timing.postprocess_ms),
+                ("total", timing.total_ms),
+            )
+        ),
+        "X-Focus-Task": loaded.task,
+        "X-Focus-Backend": loaded.backend.name,
+        "X-Focus-Batch-Size": str(timing.batch_size),
+        "X-Focus-Model-Version": str(loaded.entry.version),
+        **response_headers(image, info),
+    }
+
+
 async def _segment_on(
     request: Request,
     state: ServiceState,
@@ -280,6 +405,7 @@ async def _segment_on(
     threshold: float | None,
     timeout: float,
     permit: Permit,
+    options: Options,
 ) -> Response:
     started = time.perf_counter()
     settings = state.settings
@@ -305,43 +431,37 @@ async def _segment_on(
     outputs = await _await_outputs(ticket, request, deadline, timeout)
 
     t1 = time.perf_counter()
-    encoded = await _cpu_stage(
-        state, deadline, timeout, "post-processing", task, _finish, image, outputs, fmt, threshold
-    )
+    result, zoom = await _cpu_stage(
+        state, deadline, timeout, "post-processing", task,
+        _first_pass, image, outputs, fmt, threshold, options, loaded,
+    )  # fmt: skip
+    t_wait = time.perf_counter()
+    zoom_outputs, zoom_ticket = await _zoom_pass(request, state, loaded, zoom, deadline, timeout)
+    t1 += time.perf_counter() - t_wait  # the wait counts as queue/compute, not postprocess
+    encoded, info = await _cpu_stage(
+        state, deadline, timeout, "post-processing", task,
+        _finish, image, result, fmt, threshold, options, zoom, zoom_outputs,
+    )  # fmt: skip
     postprocess_s = time.perf_counter() - t1
     metrics.postprocess_duration.labels(task=loaded.task).observe(postprocess_s)
     total_s = time.perf_counter() - started
 
     timing = Timing(
         preprocess_ms=_ms(preprocess_s),
-        queue_ms=_ms(ticket.queue_s),
-        compute_ms=_ms(ticket.compute_s),
+        queue_ms=_ms(ticket.queue_s + (zoom_ticket.queue_s if zoom_ticket else 0.0)),
+        compute_ms=_ms(ticket.compute_s + (zoom_ticket.compute_s if zoom_ticket else 0.0)),
         postprocess_ms=_ms(postprocess_s),
         total_ms=_ms(total_s),
         batch_size=max(ticket.batch_size, 1),
     )
     backend = loaded.backend
-    headers = {
-        "Server-Timing": ", ".join(
-            f"{name};dur={value}"
-            for name, value in (
-                ("preprocess", timing.preprocess_ms),
-                ("queue", timing.queue_ms),
-                ("compute", timing.compute_ms),
-                ("postprocess", timing.postprocess_ms),
-                ("total", timing.total_ms),
-            )
-        ),
-        "X-Focus-Task": loaded.task,
-        "X-Focus-Backend": backend.name,
-        "X-Focus-Batch-Size": str(timing.batch_size),
-        "X-Focus-Model-Version": str(loaded.entry.version),
-    }
+    headers = _headers(timing, loaded, image, info)
     if fmt != "json":
         response = Response(encoded.content, media_type=encoded.media_type, headers=headers)
     else:
         body = json_result(loaded.task, image, encoded, threshold, backend, timing,
-                           repository_version=loaded.entry.version)  # fmt: skip
+                           repository_version=loaded.entry.version,
+                           refinement=info)  # fmt: skip
         response = JSONResponse(body.model_dump(mode="json"), headers=headers)
     if key is not None and state.cache is not None:
         replay = tuple((k, v) for k, v in headers.items() if k != "Server-Timing")
@@ -365,8 +485,13 @@ async def segment_by_query(
     task: TaskQuery,
     fmt: FormatQuery = "png",
     threshold: ThresholdQuery = None,
+    encoding: EncodingQuery = None,
+    refine: RefineQuery = "none",
+    zoom: ZoomQuery = "off",
+    decontaminate: DecontaminateQuery = False,
 ) -> Response:
-    return await _segment(request, state, task, fmt, threshold, timeout)
+    options = Options(refine=refine, zoom=zoom, decontaminate=decontaminate, encoding=encoding)
+    return await _segment(request, state, task, fmt, threshold, timeout, options)
 
 
 @router.post(
@@ -383,5 +508,10 @@ async def segment_by_path(
     task: TaskPath,
     fmt: FormatQuery = "png",
     threshold: ThresholdQuery = None,
+    encoding: EncodingQuery = None,
+    refine: RefineQuery = "none",
+    zoom: ZoomQuery = "off",
+    decontaminate: DecontaminateQuery = False,
 ) -> Response:
-    return await _segment(request, state, task, fmt, threshold, timeout)
+    options = Options(refine=refine, zoom=zoom, decontaminate=decontaminate, encoding=encoding)
+    return await _segment(request, state, task, fmt, threshold, timeout, options)

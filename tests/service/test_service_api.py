@@ -241,8 +241,11 @@ def test_segment_json_has_mask_and_statistics(client: TestClient, png_320x240: b
     body = response.json()
     assert set(body) == {
         "task", "width", "height", "mask_png_base64", "threshold", "foreground_fraction",
-        "bbox", "mean_confidence", "model", "timing",
+        "bbox", "mean_confidence", "model", "timing", "network", "refinement",
     }  # fmt: skip
+    # the tiny preset upsamples to its short side of 256
+    assert body["network"] == {"width": 341, "height": 256, "scale": 1.065625}
+    assert body["refinement"] == {"refine": "none", "zoom": None}
     assert (body["task"], body["width"], body["height"], body["threshold"]) == (
         "camouflage", 320, 240, None,
     )  # fmt: skip
@@ -502,7 +505,7 @@ def test_segment_over_pixel_limit_returns_413_before_decoding(make_settings) -> 
     [
         (
             "/segment/cod?format=gif",
-            "query.format: Input should be 'png', 'json', 'rgba' or 'overlay'",
+            "query.format: Input should be 'png', 'json', 'rgba', 'overlay' or 'webp'",
         ),
         ("/segment/cod?threshold=1.5", "query.threshold: Input should be less than or equal to 1"),
         (
