@@ -402,6 +402,11 @@ def _register_pipeline(subparsers: Any) -> None:
         action="store_true",
         help="also publish model.safetensors (for the torch backend)",
     )
+    p.add_argument(
+        "--version",
+        default=None,
+        help="focus.json version string (default: UTC date + hash of the trained weights)",
+    )
     p.set_defaults(func=_cmd_pipeline)
 
 
@@ -427,6 +432,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
             workers=args.workers,
             tensorrt=args.tensorrt,
             with_weights=args.with_weights,
+            train_options={} if args.version is None else {"version": args.version},
         )
         report = run_pipeline(config, echo=print)
     except UnknownTaskError as exc:

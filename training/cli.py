@@ -217,6 +217,11 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                    "off on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
+                   help="fine-tune: start from this checkpoint directory's weights (e.g. "
+                   "model_repository/salient); its preset and input size are kept")
+    p.add_argument("--version", default=None,
+                   help="focus.json version string (default: UTC date + hash of the weights)")
     p.add_argument("--backbone-weights", type=Path, default=None,
                    help="DINOv2 weights (.pth / .safetensors) for the ViT")
     p.add_argument("--clip-weights", type=Path, default=None,
@@ -264,6 +269,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     values: dict = dict(TINY_CPU) if args.recipe == "tiny-cpu" else {}
     values.update({k: getattr(args, k) for k in _RECIPE_FLAGS if getattr(args, k) is not None})
     try:
+        if args.init_from is not None and args.preset is None:  # the checkpoint's, by default
+            from models.config import ModelCard
+
+            values["preset"] = ModelCard.load(args.init_from).preset
         config = TrainConfig(
             out=args.out, task=args.task,
             data=tuple(args.data or ()), data_root=args.data_root,
@@ -271,6 +280,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, accum=args.accum, amp=args.amp,
             compile=args.compile, clip_weight=args.clip_weight,
             backbone_weights=args.backbone_weights, clip_weights=args.clip_weights,
+            init_from=args.init_from, version=args.version,
             clip_vocab=args.clip_vocab, decay_embeddings=not args.no_decay_embeddings,
             crop=args.crop, resume=args.resume, seed=args.seed, device=args.device,
             max_seconds=None if args.max_minutes is None else args.max_minutes * 60,
