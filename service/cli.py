@@ -55,11 +55,18 @@ def register(subparsers: Any) -> None:
         "segment",
         help="segment image files without a server",
         description="Segment an image file or every image in a folder (recursively) with the "
-        "service's backends and processing, writing one mask per image.",
+        "service's backends and processing, writing one mask per image. Results never replace "
+        "an input file unless --overwrite; see the README for the output names.",
     )
     segment.add_argument("--task", required=True, help="task name or alias (e.g. camouflage, cod)")
     segment.add_argument("--input", required=True, type=Path, help="image file or folder")
-    segment.add_argument("--output", required=True, type=Path, help="folder for the results")
+    segment.add_argument(
+        "--output",
+        required=True,
+        type=Path,
+        help="folder for the results: <output>/<input name>.png (.json for --format json); "
+        "for a single input file, a .png/.json path is used as is",
+    )
     segment.add_argument(
         "--format",
         choices=FORMATS,
@@ -71,6 +78,11 @@ def register(subparsers: Any) -> None:
     segment.add_argument("--device", choices=("cpu", "cuda"), help="device (FOCUS_DEVICE)")
     segment.add_argument(
         "--model-repository", type=Path, help="model repository (FOCUS_MODEL_REPOSITORY)"
+    )
+    segment.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow a result to replace the input image it was made from (refused otherwise)",
     )
     segment.set_defaults(func=run_segment)
 
@@ -134,66 +146,106 @@ def run_serve(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- segment
 
+EXIT_USAGE = 2  # bad arguments, nothing written
+
+
+class _UsageError(Exception):
+    """A ``focus segment`` argument that cannot work; exits 2 before anything is written."""
+
 
 def _image_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _output_path(output: Path, relative: Path, fmt: str, taken: set[Path]) -> Path:
-    suffix = ".json" if fmt == "json" else ".png"
-    path = output / relative.with_suffix(suffix)
-    if path in taken:  # a.jpg and a.png in one folder: keep both
-        path = output / relative.with_name(f"{relative.stem}_{relative.suffix[1:]}{suffix}")
-    taken.add(path)
-    return path
+def _inputs(source: Path) -> list[tuple[Path, Path]]:
+    """(file, path relative to --input) for every image to segment."""
+    if source.is_dir():
+        files = [(p, p.relative_to(source)) for p in _image_files(source)]
+    elif source.is_file():
+        files = [(source, Path(source.name))]
+    else:
+        raise _UsageError(f"{source} does not exist")
+    if not files:
+        raise _UsageError(f"no images in {source}")
+    return files
 
 
-def run_segment(args: argparse.Namespace) -> int:
-    args.command_name = "segment"
-    settings = _settings(args, ("backend", "device", "model_repository"))
-    _configure_logging("warning")
-    from tqdm import tqdm
+def _result_suffix(fmt: str) -> str:
+    return ".json" if fmt == "json" else ".png"
 
+
+def plan_outputs(
+    files: list[tuple[Path, Path]],
+    output: Path,
+    fmt: str,
+    *,
+    file_input: bool = False,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Where each input's result goes (README "Segment files without a server").
+
+    ``<output>/<path relative to --input>`` with the suffix ``.png`` (``.json`` for json); for
+    an input file (``file_input``), an ``--output`` ending in that suffix is the result's path.
+    A name already taken by an earlier result, or by *another* input file, gets the input's
+    extension added
+    (``a.jpg`` and ``a.png`` -> ``a.png`` and ``a_png.png``; in the input folder itself,
+    ``a_jpg.png``). A result that would replace its own input is refused unless ``overwrite``.
+    """
+    suffix = _result_suffix(fmt)
+    if output.exists() and not output.is_dir() and output.suffix.lower() != suffix:
+        raise _UsageError(f"--output {output} is a file; give a folder (or a {suffix} file)")
+    as_file = file_input and output.suffix.lower() == suffix and not output.is_dir()
+    inputs = {path.resolve(): path for path, _ in files}
+    taken: set[Path] = set()
+    planned: list[Path] = []
+    for path, relative in files:
+        if as_file:
+            target = output
+        else:
+            target = output / relative.with_suffix(suffix)
+        own = path.resolve()
+        resolved = target.resolve()
+        if resolved in taken or (resolved in inputs and resolved != own):
+            target = target.with_name(f"{relative.stem}_{relative.suffix[1:]}{suffix}")
+            resolved = target.resolve()
+        if resolved == own and not overwrite:
+            raise _UsageError(
+                f"the result for {path} would replace that input file; choose another "
+                "--output, or pass --overwrite to replace it"
+            )
+        taken.add(resolved)
+        planned.append(target)
+    return planned
+
+
+def _repository_message(exc: Exception, repository: Path) -> str:
+    return (
+        f"{exc}. The model repository is {repository} (resolved from the current directory "
+        f"{Path.cwd()}); choose one with --model-repository DIR or FOCUS_MODEL_REPOSITORY=DIR"
+    )
+
+
+def _segment_backend(settings: Any, task_name: str) -> Any:
+    """The backend serving ``task_name`` from the settings' repository; usage errors as such."""
     from models.repository import RepositoryError, scan_repository
     from models.tasks import UnknownTaskError, canonical_task
     from service.backends.factory import create_backend
-    from service.imaging import ImageDecodeError, ImageTooLargeError
-    from service.pipeline import (
-        compute_mask,
-        encode,
-        json_result,
-        limit_library_threads,
-        needs_binary,
-        prepare,
-    )
-    from service.schemas import Timing
 
     try:
-        task = canonical_task(args.task)
+        task = canonical_task(task_name)
+    except UnknownTaskError as exc:
+        raise _UsageError(str(exc)) from None
+    try:
         entries = scan_repository(settings.model_repository)
-    except (UnknownTaskError, RepositoryError) as exc:
-        print(f"focus segment: {exc}", file=sys.stderr)
-        return 2
+    except RepositoryError as exc:
+        raise _UsageError(_repository_message(exc, settings.model_repository)) from None
     if task not in entries:
-        print(
-            f"focus segment: no model for task {task!r} in {settings.model_repository}; "
-            f"available: {', '.join(sorted(entries))}",
-            file=sys.stderr,
+        raise _UsageError(
+            f"no model for task {task!r} in {settings.model_repository}; available: "
+            f"{', '.join(sorted(entries)) or 'none'} (choose the repository with "
+            "--model-repository or FOCUS_MODEL_REPOSITORY)"
         )
-        return 2
-    if args.input.is_dir():
-        files = [(p, p.relative_to(args.input)) for p in _image_files(args.input)]
-    elif args.input.is_file():
-        files = [(args.input, Path(args.input.name))]
-    else:
-        print(f"focus segment: {args.input} does not exist", file=sys.stderr)
-        return 2
-    if not files:
-        print(f"focus segment: no images in {args.input}", file=sys.stderr)
-        return 2
-
-    limit_library_threads()
-    backend = create_backend(
+    return create_backend(
         entries[task],
         backend=settings.backend,
         device=settings.device,
@@ -201,47 +253,85 @@ def run_segment(args: argparse.Namespace) -> int:
         intra_op_threads=settings.intra_op_threads,
         engine_cache=settings.engine_cache,
     )
-    fmt, threshold = args.format, args.threshold
-    failures = 0
-    taken: set[Path] = set()
-    progress = tqdm(files, unit="img", disable=len(files) == 1, desc=task)
+
+
+def _write_result(out: Path, segmented: Any, options: Any, backend: Any) -> None:
+    from service.pipeline import json_result
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if options.fmt == "json":
+        task = backend.card.task
+        body = json_result(
+            task, segmented.image, segmented.encoded, options.threshold, backend, segmented.timing
+        )
+        out.write_text(body.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    else:
+        out.write_bytes(segmented.encoded.content)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    args.command_name = "segment"
+    settings = _settings(args, ("backend", "device", "model_repository"))
+    _configure_logging("warning")
     try:
-        for path, relative in progress:
-            started = time.perf_counter()
-            try:
-                image = prepare(path.read_bytes(), backend.card, settings.max_pixels)
-            except (ImageDecodeError, ImageTooLargeError, OSError) as exc:
-                failures += 1
-                progress.write(f"{path}: {exc}", file=sys.stderr)
-                continue
-            t_prep = time.perf_counter()
-            class_probs, mask_logits = backend.infer(
-                image.inputs.image[None], image.inputs.edges[None]
-            )
-            t_comp = time.perf_counter()
-            result = compute_mask(
-                class_probs[0], mask_logits[0], image, with_binary=needs_binary(fmt, threshold)
-            )
-            encoded = encode(fmt, image, result, threshold)
-            done = time.perf_counter()
-            out = _output_path(args.output, relative, fmt, taken)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if fmt == "json":
-                timing = Timing(
-                    preprocess_ms=round((t_prep - started) * 1e3, 3),
-                    queue_ms=0.0,
-                    compute_ms=round((t_comp - t_prep) * 1e3, 3),
-                    postprocess_ms=round((done - t_comp) * 1e3, 3),
-                    total_ms=round((done - started) * 1e3, 3),
-                    batch_size=1,
-                )
-                body = json_result(task, image, encoded, threshold, backend, timing)
-                out.write_text(body.model_dump_json(indent=2) + "\n", encoding="utf-8")
-            else:
-                out.write_bytes(encoded.content)
+        files = _inputs(args.input)
+        outputs = plan_outputs(
+            files,
+            args.output,
+            args.format,
+            file_input=args.input.is_file(),
+            overwrite=args.overwrite,
+        )
+        backend = _segment_backend(settings, args.task)
+    except _UsageError as exc:
+        print(f"focus segment: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        failures = _segment_files(files, outputs, backend, args, settings)
     finally:
-        progress.close()
         backend.close()
     written = len(files) - failures
     print(f"{written} of {len(files)} images segmented into {args.output}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _segment_files(
+    files: list[tuple[Path, Path]], outputs: list[Path], backend: Any, args: Any, settings: Any
+) -> int:
+    """Run :func:`service.pipeline.segment_bytes` on each file; returns the failures."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from service.imaging import ImageDecodeError, ImageTooLargeError
+    from service.pipeline import Inference, SegmentOptions, limit_library_threads, segment_bytes
+
+    async def infer(image: Any) -> Inference:
+        started = time.perf_counter()
+        probs, logits = backend.infer(image.inputs.image[None], image.inputs.edges[None])
+        return Inference(probs[0], logits[0], compute_s=time.perf_counter() - started)
+
+    limit_library_threads()
+    options = SegmentOptions(fmt=args.format, threshold=args.threshold)
+    failures = 0
+    pairs = list(zip(files, outputs, strict=True))
+    progress = tqdm(pairs, unit="img", disable=len(files) == 1, desc=backend.card.task)
+    with asyncio.Runner() as runner:
+        for (path, _), out in progress:
+            try:
+                segmented = runner.run(
+                    segment_bytes(
+                        path.read_bytes(),
+                        backend.card,
+                        options,
+                        infer=infer,
+                        max_pixels=settings.max_pixels,
+                    )
+                )
+            except (ImageDecodeError, ImageTooLargeError, OSError) as exc:
+                failures += 1
+                progress.write(f"{path}: {exc}", file=sys.stderr)
+                continue
+            _write_result(out, segmented, options, backend)
+    progress.close()
+    return failures

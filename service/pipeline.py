@@ -1,15 +1,20 @@
 """The image -> mask chain without HTTP, shared by the service routes and ``focus segment``.
 
-decode + preprocess (``prepare``) -> backend -> ``compute_mask`` -> ``encode``. All of it is
-torch-free and CPU-bound; the service runs it in a thread pool, off the event loop.
+:func:`segment_bytes` is the one chain: decode + preprocess (``prepare``) -> ``infer`` ->
+``compute_mask`` -> ``encode``, with the stage timings. Its callers differ only in how they infer
+(the service through its batcher, the CLI straight on the backend) and where the CPU-bound
+stages run (the service's thread pool, the CLI's own thread). What the caller asked for travels
+in one :class:`SegmentOptions`; a new request option is a field there, read by ``finish``.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -145,6 +150,106 @@ def json_result(
         ),
         timing=timing,
     )
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """What the caller asked for (the query parameters of ``POST /segment``, the options of
+    ``focus segment``)."""
+
+    fmt: str = "png"
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.fmt not in OUTPUT_FORMATS:
+            choices = ", ".join(OUTPUT_FORMATS)
+            raise ValueError(f"unknown format {self.fmt!r}; use one of {choices}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One image's network outputs and what the inference cost."""
+
+    class_probs: np.ndarray  # float32 [2, 2]
+    mask_logits: np.ndarray  # float32 [2, Hp/4, Wp/4]
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class Segmented:
+    image: PreparedImage
+    encoded: Encoded
+    timing: Timing
+
+
+Infer = Callable[[PreparedImage], Awaitable[Inference]]
+RunCpu = Callable[..., Awaitable[Any]]  # run_cpu(fn, *args) -> fn(*args)
+Observe = Callable[[str, float], None]  # (stage, seconds), as each stage ends
+
+
+async def run_inline(fn: Callable[..., Any], *args: Any) -> Any:
+    """A :data:`RunCpu` for callers without a thread pool (the CLI)."""
+    return fn(*args)
+
+
+def finish(image: PreparedImage, inference: Inference, options: SegmentOptions) -> Encoded:
+    """Network outputs -> the encoded result ``options`` ask for."""
+    fmt, threshold = options.fmt, options.threshold
+    result = compute_mask(
+        inference.class_probs,
+        inference.mask_logits,
+        image,
+        with_binary=needs_binary(fmt, threshold),
+    )
+    return encode(fmt, image, result, threshold)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+async def segment_bytes(
+    data: bytes,
+    card: ModelCard,
+    options: SegmentOptions,
+    *,
+    infer: Infer,
+    max_pixels: int,
+    run_cpu: RunCpu = run_inline,
+    observe: Observe | None = None,
+    started: float | None = None,
+) -> Segmented:
+    """Image file bytes -> :class:`Segmented` (the image, its encoded result, the timings).
+
+    Raises ``ImageDecodeError`` / ``ImageTooLargeError`` for a bad image and whatever ``infer``
+    raises. ``started`` (a ``time.perf_counter()``) is where ``total_ms`` counts from, e.g.
+    before the request body was read; ``observe`` hears ``preprocess`` and ``postprocess``.
+    """
+    begin = time.perf_counter()
+    started = begin if started is None else started
+    image: PreparedImage = await run_cpu(prepare, data, card, max_pixels)
+    preprocess_s = time.perf_counter() - begin
+    if observe is not None:
+        observe("preprocess", preprocess_s)
+    inference = await infer(image)
+    t1 = time.perf_counter()
+    encoded: Encoded = await run_cpu(finish, image, inference, options)
+    postprocess_s = time.perf_counter() - t1
+    if observe is not None:
+        observe("postprocess", postprocess_s)
+    timing = Timing(
+        preprocess_ms=_ms(preprocess_s),
+        queue_ms=_ms(inference.queue_s),
+        compute_ms=_ms(inference.compute_s),
+        postprocess_ms=_ms(postprocess_s),
+        total_ms=_ms(time.perf_counter() - started),
+        batch_size=max(inference.batch_size, 1),
+    )
+    return Segmented(image=image, encoded=encoded, timing=timing)
 
 
 def limit_library_threads() -> None:

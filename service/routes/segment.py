@@ -19,17 +19,15 @@ from service.deps import ApiKeyDep, StateDep
 from service.errors import ErrorCode, ServiceError, error_doc
 from service.imaging import ImageDecodeError, ImageTooLargeError
 from service.pipeline import (
-    Encoded,
+    Inference,
     OutputFormat,
     PreparedImage,
-    compute_mask,
-    encode,
+    SegmentOptions,
     json_result,
-    needs_binary,
-    prepare,
+    segment_bytes,
 )
-from service.schemas import SegmentResult, Timing
-from service.state import LoadedModel, ServiceState
+from service.schemas import SegmentResult
+from service.state import ServiceState
 from service.upload import read_image_body
 
 router = APIRouter(tags=["segmentation"], dependencies=[ApiKeyDep])
@@ -164,23 +162,10 @@ async def _await_outputs(
     raise ServiceError(ErrorCode.TIMEOUT, f"no result within {timeout:g}s")
 
 
-def _prepare(data: bytes, loaded: LoadedModel, max_pixels: int) -> PreparedImage:
-    try:
-        return prepare(data, loaded.backend.card, max_pixels)
-    except ImageTooLargeError as exc:
-        raise ServiceError(ErrorCode.IMAGE_TOO_LARGE, str(exc)) from None
-    except ImageDecodeError as exc:
-        raise ServiceError(ErrorCode.INVALID_IMAGE, str(exc)) from None
-
-
-def _finish(image: PreparedImage, outputs: Outputs, fmt: str, threshold: float | None) -> Encoded:
-    class_probs, mask_logits = outputs
-    result = compute_mask(class_probs, mask_logits, image, with_binary=needs_binary(fmt, threshold))
-    return encode(fmt, image, result, threshold)
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 3)
+def _image_error(exc: ImageDecodeError | ImageTooLargeError) -> ServiceError:
+    if isinstance(exc, ImageTooLargeError):
+        return ServiceError(ErrorCode.IMAGE_TOO_LARGE, str(exc))
+    return ServiceError(ErrorCode.INVALID_IMAGE, str(exc))
 
 
 async def _segment(
@@ -193,29 +178,34 @@ async def _segment(
     metrics = state.metrics
     data = await read_image_body(request, settings.max_body_bytes)
     deadline = started + settings.timeout_s
+    stage_metrics = {
+        "preprocess": metrics.preprocess_duration,
+        "postprocess": metrics.postprocess_duration,
+    }
 
-    t0 = time.perf_counter()
-    image = await state.run_cpu(_prepare, data, loaded, settings.max_pixels)
-    preprocess_s = time.perf_counter() - t0
-    metrics.preprocess_duration.labels(task=loaded.task).observe(preprocess_s)
+    async def infer(image: PreparedImage) -> Inference:
+        ticket = loaded.batcher.submit(image.inputs.image, image.inputs.edges, deadline)
+        class_probs, mask_logits = await _await_outputs(
+            ticket, request, deadline, settings.timeout_s
+        )
+        return Inference(
+            class_probs, mask_logits, ticket.queue_s, ticket.compute_s, ticket.batch_size
+        )
 
-    ticket = loaded.batcher.submit(image.inputs.image, image.inputs.edges, deadline)
-    outputs = await _await_outputs(ticket, request, deadline, settings.timeout_s)
-
-    t1 = time.perf_counter()
-    encoded = await state.run_cpu(_finish, image, outputs, fmt, threshold)
-    postprocess_s = time.perf_counter() - t1
-    metrics.postprocess_duration.labels(task=loaded.task).observe(postprocess_s)
-    total_s = time.perf_counter() - started
-
-    timing = Timing(
-        preprocess_ms=_ms(preprocess_s),
-        queue_ms=_ms(ticket.queue_s),
-        compute_ms=_ms(ticket.compute_s),
-        postprocess_ms=_ms(postprocess_s),
-        total_ms=_ms(total_s),
-        batch_size=max(ticket.batch_size, 1),
-    )
+    try:
+        segmented = await segment_bytes(
+            data,
+            loaded.backend.card,
+            SegmentOptions(fmt=fmt, threshold=threshold),
+            infer=infer,
+            max_pixels=settings.max_pixels,
+            run_cpu=state.run_cpu,
+            observe=lambda stage, s: stage_metrics[stage].labels(task=loaded.task).observe(s),
+            started=started,
+        )
+    except (ImageDecodeError, ImageTooLargeError) as exc:
+        raise _image_error(exc) from None
+    image, encoded, timing = segmented.image, segmented.encoded, segmented.timing
     backend = loaded.backend
     headers = {
         "Server-Timing": ", ".join(
