@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,25 @@ from models.contract import CARD_FILE
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+
+# Libraries whose INFO logging (the dynamo exporter, onnxscript, onnx_ir) buries the result of
+# an export under pages of lines; shown with -v only. Their warnings stay visible, except the
+# exporter's note that torchvision's operators are unavailable (we use none of them).
+EXPORTER_LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
+TORCHVISION_NOTE = "torch.onnx._internal.exporter._registration"
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="also show the exporter libraries' logs"
+    )
+
+
+def _exporter_logging(verbose: bool) -> None:
+    """The exporter libraries' INFO logs only with ``-v`` (see :data:`EXPORTER_LOGGERS`)."""
+    for name in EXPORTER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+    logging.getLogger(TORCHVISION_NOTE).setLevel(logging.NOTSET if verbose else logging.ERROR)
 
 
 def _positive_int(text: str) -> int:
@@ -79,6 +99,7 @@ def _register_onnx(sub: Any) -> None:
         help="weights in <out>.data beside the graph even under protobuf's 2 GB limit "
         "(automatic above it, e.g. giant)",
     )
+    _add_verbose(p)
     p.set_defaults(func=_cmd_onnx)
 
 
@@ -95,6 +116,7 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    _exporter_logging(args.verbose)
     from export.onnx import export_checkpoint
     from export.parity import ParityError
 
@@ -407,10 +429,12 @@ def _register_pipeline(subparsers: Any) -> None:
         default=None,
         help="focus.json version string (default: UTC date + hash of the trained weights)",
     )
+    _add_verbose(p)
     p.set_defaults(func=_cmd_pipeline)
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
+    _exporter_logging(args.verbose)
     from export.pipeline import PipelineConfig, PipelineError, run_pipeline
     from models.tasks import UnknownTaskError
 
@@ -498,6 +522,7 @@ def _register_pull(subparsers: Any) -> None:
         action="store_true",
         help="also publish model.safetensors (for the torch backend)",
     )
+    _add_verbose(p)
     p.set_defaults(func=_cmd_pull)
 
 
@@ -535,6 +560,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     if not args.task:
         print("error: focus pull needs a TASK (or --list)", file=sys.stderr)
         return EXIT_USAGE
+    _exporter_logging(args.verbose)
     try:
         if args.hub_file:
             source = hub_file(args.task, args.size, args.hub_file, args.revision)
