@@ -157,10 +157,16 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _inputs(source: Path) -> list[tuple[Path, Path]]:
-    """(file, path relative to --input) for every image to segment."""
+def _inputs(source: Path, output: Path) -> list[tuple[Path, Path]]:
+    """(file, path relative to --input) for every image to segment; a results folder inside
+    the input folder (an earlier run's masks) is not an input."""
     if source.is_dir():
-        files = [(p, p.relative_to(source)) for p in _image_files(source)]
+        skip = output.resolve()
+        files = [
+            (p, p.relative_to(source))
+            for p in _image_files(source)
+            if skip not in p.resolve().parents or skip == source.resolve()
+        ]
     elif source.is_file():
         files = [(source, Path(source.name))]
     else:
@@ -274,7 +280,7 @@ def run_segment(args: argparse.Namespace) -> int:
     settings = _settings(args, ("backend", "device", "model_repository"))
     _configure_logging("warning")
     try:
-        files = _inputs(args.input)
+        files = _inputs(args.input, args.output)
         outputs = plan_outputs(
             files,
             args.output,

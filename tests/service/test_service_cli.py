@@ -246,3 +246,11 @@ def test_segment_missing_repository_names_both_ways_to_set_it(tmp_path, capsys) 
     assert f"model repository {tmp_path / 'nowhere'} is not a directory" in err
     assert "--model-repository DIR or FOCUS_MODEL_REPOSITORY=DIR" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_segment_skips_its_results_folder_inside_the_input(model_repository, folder, tmp_path):
+    out = folder / "masks"
+    for _ in range(2):  # the second run must not segment the first run's masks
+        assert _segment(model_repository, "--input", str(folder), "--output", str(out)) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert written == ["a.png", "a_png.png", "sub/b.png"]
