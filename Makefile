@@ -14,8 +14,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 # Debian packages some tests drive for real, as command=package; each of those tests skips with
-# a reason where its command is absent.
-APT_TOOLS ?= promtool=prometheus chromium=chromium
+# a reason where its command is absent (kubectl: its built-in kustomize renders deploy/k8s).
+APT_TOOLS ?= promtool=prometheus chromium=chromium kubectl=kubernetes-client
 
 PYTEST_ARGS ?=
 CONSTRAINTS ?= constraints.txt
@@ -27,11 +27,13 @@ DEPS_HASH := $(shell cat pyproject.toml Makefile $(wildcard $(CONSTRAINTS)) | (s
 SERVE_STAMP := $(VENV)/.focus-serve-$(DEPS_HASH)
 TEST_STAMP := $(VENV)/.focus-test-$(DEPS_HASH)
 
-.PHONY: help serve test install-serve install-test system-deps lint clean demo-models constraints
+.PHONY: help serve test install-serve install-test system-deps lint clean demo-models constraints \
+	container-deps container-test
 
 help:
 	@echo "make serve  - install the service into $(VENV) and serve ./model_repository on :8000"
 	@echo "make test   - install the service, training and test tools into $(VENV) and run pytest"
+	@echo "make container-test - build the CPU image and the compose stack with podman and test them"
 	@echo "make lint   - ruff check"
 	@echo "make clean  - remove $(VENV)"
 	@echo "make constraints - re-resolve every dependency into $(CONSTRAINTS)"
@@ -111,3 +113,37 @@ constraints:
 	  | LC_ALL=C sort -f; } > $(CONSTRAINTS).tmp
 	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
 	rm -rf $(LOCK_VENV)
+
+# ------------------------------------------------------------------------------ containers
+# `make container-test`: build the Dockerfile's cpu target on a local Debian base with podman,
+# run it and the compose stack, and test them (tests/container, marker `container`; see
+# deploy/local/README.md). Debian packages it needs, installed when missing and we are root;
+# without them the tests skip and say why.
+CONTAINER_APT ?= podman runc netavark aardvark-dns iptables debootstrap
+CONTAINER_PYTEST_ARGS ?=
+
+container-deps:
+	@missing=""; \
+	for pkg in $(CONTAINER_APT); do \
+		dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q 'ok installed' \
+			|| missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "WARNING: not root or no apt-get; missing Debian packages:$$missing"; \
+		exit 0; \
+	fi; \
+	echo "Installing Debian packages:$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	log="$$(mktemp)"; \
+	if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; } \
+		>"$$log" 2>&1; then \
+		tail -n 20 "$$log"; \
+		echo "WARNING: apt-get install$$missing failed; the container tests will skip"; \
+	fi; \
+	rm -f "$$log"
+
+container-test: $(TEST_STAMP) container-deps
+	@rc=0; $(BIN)/python -m pytest -q -rs -m container tests/container $(CONTAINER_PYTEST_ARGS) \
+		|| rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc

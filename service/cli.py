@@ -113,19 +113,16 @@ def run_serve(args: argparse.Namespace) -> int:
     names = ("host", "port", "model_repository", "backend", "device", "workers", "log_level")
     settings = _settings(args, names)
     _configure_logging(settings.log_level)
-    import uvicorn
 
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "timeout_graceful_shutdown": int(settings.timeout_s) + 1,
-    }
+    from service.server import DrainingServer, uvicorn_config
+
     if settings.workers == 1:
         from service.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
-        return 0
+        config = uvicorn_config(settings, create_app(settings))
+        server = DrainingServer(config, drain_delay_s=settings.drain_delay_s)
+        server.run()
+        return 0 if server.started else 3
     # Several workers: each process builds its app from the environment, and metrics go
     # through prometheus-client's multiprocess mode (see service/metrics.py).
     for name in names:
@@ -140,7 +137,15 @@ def run_serve(args: argparse.Namespace) -> int:
             stale.unlink()
     else:
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="focus-metrics-")
-    uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+    # uvicorn's supervisor builds each worker's server itself: the header timeout applies, the
+    # drain delay does not (run one worker per container to get it; see the README).
+    config = uvicorn_config(
+        settings, "service.app:create_app_from_env", factory=True, workers=settings.workers
+    )
+    sock = config.bind_socket()
+    from uvicorn.supervisors import Multiprocess
+
+    Multiprocess(config, sockets=[sock]).run()
     return 0
 
 
@@ -231,8 +236,9 @@ def _repository_message(exc: Exception, repository: Path) -> str:
     )
 
 
-def _segment_backend(settings: Any, task_name: str) -> Any:
-    """The backend serving ``task_name`` from the settings' repository; usage errors as such."""
+def _segment_backend(settings: Any, task_name: str) -> tuple[Any, int]:
+    """(backend, repository version) serving ``task_name`` from the settings' repository; usage
+    errors as such."""
     from models.repository import RepositoryError, scan_repository
     from models.tasks import UnknownTaskError, canonical_task
     from service.backends.factory import create_backend
@@ -251,7 +257,7 @@ def _segment_backend(settings: Any, task_name: str) -> Any:
             f"{', '.join(sorted(entries)) or 'none'} (choose the repository with "
             "--model-repository or FOCUS_MODEL_REPOSITORY)"
         )
-    return create_backend(
+    backend = create_backend(
         entries[task],
         backend=settings.backend,
         device=settings.device,
@@ -259,16 +265,25 @@ def _segment_backend(settings: Any, task_name: str) -> Any:
         intra_op_threads=settings.intra_op_threads,
         engine_cache=settings.engine_cache,
     )
+    return backend, entries[task].version
 
 
-def _write_result(out: Path, segmented: Any, options: Any, backend: Any) -> None:
+def _write_result(
+    out: Path, segmented: Any, options: Any, backend: Any, repository_version: int
+) -> None:
     from service.pipeline import json_result
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if options.fmt == "json":
         task = backend.card.task
         body = json_result(
-            task, segmented.image, segmented.encoded, options.threshold, backend, segmented.timing
+            task,
+            segmented.image,
+            segmented.encoded,
+            options.threshold,
+            backend,
+            segmented.timing,
+            repository_version=repository_version,
         )
         out.write_text(body.model_dump_json(indent=2) + "\n", encoding="utf-8")
     else:
@@ -288,12 +303,12 @@ def run_segment(args: argparse.Namespace) -> int:
             file_input=args.input.is_file(),
             overwrite=args.overwrite,
         )
-        backend = _segment_backend(settings, args.task)
+        backend, repository_version = _segment_backend(settings, args.task)
     except _UsageError as exc:
         print(f"focus segment: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        failures = _segment_files(files, outputs, backend, args, settings)
+        failures = _segment_files(files, outputs, (backend, repository_version), args, settings)
     finally:
         backend.close()
     written = len(files) - failures
@@ -302,15 +317,22 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def _segment_files(
-    files: list[tuple[Path, Path]], outputs: list[Path], backend: Any, args: Any, settings: Any
+    files: list[tuple[Path, Path]],
+    outputs: list[Path],
+    model: tuple[Any, int],
+    args: Any,
+    settings: Any,
 ) -> int:
-    """Run :func:`service.pipeline.segment_bytes` on each file; returns the failures."""
+    """Run :func:`service.pipeline.segment_bytes` on each file with ``model`` (backend,
+    repository version); returns the failures."""
     import asyncio
 
     from tqdm import tqdm
 
     from service.imaging import ImageDecodeError, ImageTooLargeError
     from service.pipeline import Inference, SegmentOptions, limit_library_threads, segment_bytes
+
+    backend, repository_version = model
 
     async def infer(image: Any) -> Inference:
         started = time.perf_counter()
@@ -338,6 +360,6 @@ def _segment_files(
                 failures += 1
                 progress.write(f"{path}: {exc}", file=sys.stderr)
                 continue
-            _write_result(out, segmented, options, backend)
+            _write_result(out, segmented, options, backend, repository_version)
     progress.close()
     return failures

@@ -121,6 +121,8 @@ def json_result(
     threshold: float | None,
     backend: Backend,
     timing: Timing,
+    *,
+    repository_version: int | None = None,
 ) -> SegmentResult:
     """The ``format=json`` body (also what ``focus segment --format json`` writes)."""
     if encoded.stats is None or encoded.mask_png is None:
@@ -147,6 +149,7 @@ def json_result(
             version=card.version,
             backend=backend.name,
             device=backend.device,
+            repository_version=repository_version,
         ),
         timing=timing,
     )
@@ -187,11 +190,15 @@ class Segmented:
 
 
 Infer = Callable[[PreparedImage], Awaitable[Inference]]
-RunCpu = Callable[..., Awaitable[Any]]  # run_cpu(fn, *args) -> fn(*args)
+RunCpu = Callable[..., Awaitable[Any]]  # run_cpu(stage, fn, *args) -> fn(*args)
 Observe = Callable[[str, float], None]  # (stage, seconds), as each stage ends
 
+# The CPU-bound stages, as ``run_cpu`` hears them (the service's deadline messages name them).
+DECODING = "decoding"
+POST_PROCESSING = "post-processing"
 
-async def run_inline(fn: Callable[..., Any], *args: Any) -> Any:
+
+async def run_inline(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
     """A :data:`RunCpu` for callers without a thread pool (the CLI)."""
     return fn(*args)
 
@@ -231,13 +238,13 @@ async def segment_bytes(
     """
     begin = time.perf_counter()
     started = begin if started is None else started
-    image: PreparedImage = await run_cpu(prepare, data, card, max_pixels)
+    image: PreparedImage = await run_cpu(DECODING, prepare, data, card, max_pixels)
     preprocess_s = time.perf_counter() - begin
     if observe is not None:
         observe("preprocess", preprocess_s)
     inference = await infer(image)
     t1 = time.perf_counter()
-    encoded: Encoded = await run_cpu(finish, image, inference, options)
+    encoded: Encoded = await run_cpu(POST_PROCESSING, finish, image, inference, options)
     postprocess_s = time.perf_counter() - t1
     if observe is not None:
         observe("postprocess", postprocess_s)

@@ -11,6 +11,12 @@ class ModelInfo(BaseModel):
     version: str = Field(examples=["1"])
     backend: str = Field(examples=["onnxruntime"])
     device: str = Field(examples=["cpu"])
+    repository_version: int | None = Field(
+        default=None,
+        examples=[2],
+        description="the model repository's version directory served (<repo>/<task>/<version>;"
+        " the flat layout is 1); `version` is focus.json's own version string.",
+    )
 
 
 class BoundingBox(BaseModel):
@@ -81,3 +87,25 @@ class LiveResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: str = Field(examples=["ready"])
     tasks: list[str] = Field(examples=[["camouflage", "salient"]])
+
+
+class TaskReadyResponse(BaseModel):
+    status: str = Field(examples=["ready"])
+    task: str = Field(examples=["camouflage"])
+    repository_version: int = Field(examples=[2], description="the version serving")
+    staging_version: int | None = Field(
+        examples=[None], description="a version being loaded and warmed beside it, if any"
+    )
+
+
+class ReloadOutcomeInfo(BaseModel):
+    task: str = Field(examples=["camouflage"])
+    status: str = Field(examples=["loaded"], description="loaded, unchanged or failed")
+    requested: int = Field(examples=[3], description="the version the repository asked for")
+    serving: int | None = Field(examples=[3], description="the version serving afterwards")
+    previous: int | None = Field(examples=[2], description="the version served before")
+    error: str | None = Field(default=None, description="why a failed version is not served")
+
+
+class ReloadResponse(BaseModel):
+    tasks: list[ReloadOutcomeInfo]

@@ -31,6 +31,8 @@ def _focus_invocations() -> list[tuple[str, list[str]]]:
     found = []
     for command in _commands():
         tokens = shlex.split(command, comments=True)
+        if tokens and tokens[-1] == "&":  # run in the background
+            tokens.pop()
         for i, token in enumerate(tokens):
             if token == "focus" or token.endswith("/focus"):
                 found.append((command, tokens[i:]))

@@ -1,21 +1,31 @@
 """``POST /segment?task=...`` and ``POST /segment/{task}``: one image in, one mask out.
 
-The handler reads the body under the size limit, decodes and preprocesses in the thread pool,
-queues the inputs in the task's batcher, waits for the outputs (or the deadline, or the client
-going away), and builds the mask and its encoding in the thread pool again.
+The handler binds the request to the task's active model version (a reload meanwhile does not
+move it), takes an admission permit before reading anything (503 ``overloaded`` at once when
+the task's in-flight slots or the pixel budget are used up; the image's pixels are reserved as
+soon as its header has arrived), reads the body under the size limit, answers from the response
+cache where ``FOCUS_CACHE_MB`` enables it, decodes and preprocesses in the thread pool, queues
+the inputs in the version's batcher, waits for the outputs (or the deadline:
+``FOCUS_TIMEOUT_S``, lowered by ``X-Focus-Timeout-Ms``; or the client going away), and builds
+the mask and its encoding in the thread pool again. The deadline is checked before every CPU
+stage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from service.admission import HeaderSniffer, Permit
 from service.batcher import Outputs, Ticket
-from service.deps import ApiKeyDep, StateDep
+from service.cache import CachedResponse, cache_key
+from service.deps import ApiKeyDep, StateDep, TimeoutDep
 from service.errors import ErrorCode, ServiceError, error_doc
 from service.imaging import ImageDecodeError, ImageTooLargeError
 from service.pipeline import (
@@ -27,10 +37,12 @@ from service.pipeline import (
     segment_bytes,
 )
 from service.schemas import SegmentResult
-from service.state import ServiceState
+from service.state import LoadedModel, ServiceState
 from service.upload import read_image_body
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["segmentation"], dependencies=[ApiKeyDep])
+T = TypeVar("T")
 
 TaskQuery = Annotated[
     str,
@@ -93,7 +105,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": SegmentResult,
         "description": "The mask. `image/png` for png, rgba and overlay; JSON for format=json. "
-        "The Server-Timing header gives the stage durations.",
+        "The Server-Timing header gives the stage durations; X-Focus-Model-Version the "
+        "repository version that computed it; X-Focus-Cache hit or miss when FOCUS_CACHE_MB "
+        "is set.",
         "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
     },
     400: error_doc(
@@ -118,12 +132,20 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         ErrorCode.BACKEND_ERROR,
         "the onnxruntime backend failed on this request's batch (RuntimeError); see the server log",
     ),
-    503: error_doc(
-        ErrorCode.QUEUE_FULL,
-        "the camouflage queue is full (64 requests waiting); retry later",
-        "Queue full or shutting down; see Retry-After",
+    408: error_doc(
+        ErrorCode.REQUEST_TIMEOUT,
+        "the request body did not arrive within 30s",
+        "Headers or body slower than FOCUS_READ_TIMEOUT_S; the connection is closed",
     ),
-    504: error_doc(ErrorCode.TIMEOUT, "no result within 30s"),
+    503: error_doc(
+        ErrorCode.OVERLOADED,
+        "the server is busy with 30000000 pixels of images (the budget is 40000000); "
+        "this 48000000-pixel image does not fit; retry later",
+        "Overloaded (admission), queue full or shutting down; see Retry-After",
+    ),
+    504: error_doc(
+        ErrorCode.TIMEOUT, "no result within 30s", "FOCUS_TIMEOUT_S or X-Focus-Timeout-Ms passed"
+    ),
 }
 
 
@@ -156,7 +178,7 @@ async def _await_outputs(
     if ticket.future in done:
         return ticket.future.result()  # or the batch's ServiceError
     if watcher in done:
-        ticket.cancel("cancelled")
+        ticket.cancel("client_gone")
         raise ServiceError(ErrorCode.CLIENT_CLOSED, "the client closed the connection")
     ticket.cancel("deadline")
     raise ServiceError(ErrorCode.TIMEOUT, f"no result within {timeout:g}s")
@@ -168,26 +190,109 @@ def _image_error(exc: ImageDecodeError | ImageTooLargeError) -> ServiceError:
     return ServiceError(ErrorCode.INVALID_IMAGE, str(exc))
 
 
+def _before(deadline: float, timeout: float, stage: str, task: str, state: ServiceState) -> None:
+    """504 when the deadline passed before ``stage`` starts (no CPU spent on a lost cause)."""
+    if time.perf_counter() >= deadline:
+        state.metrics.dropped.labels(task=task, reason="deadline").inc()
+        raise ServiceError(
+            ErrorCode.TIMEOUT, f"no result within {timeout:g}s (deadline passed before {stage})"
+        )
+
+
+async def _cpu_stage(
+    state: ServiceState,
+    deadline: float,
+    timeout: float,
+    stage: str,
+    task: str,
+    func: Callable[..., T],
+    *args: Any,
+) -> T:
+    """Run ``func`` in the CPU pool, checking the deadline once it has a slot."""
+    def checked() -> T:
+        _before(deadline, timeout, stage, task, state)
+        return func(*args)
+
+    _before(deadline, timeout, stage, task, state)
+    return await state.run_cpu(checked)
+
+
+async def _read_body(
+    request: Request, state: ServiceState, task: str, sniffer: HeaderSniffer
+) -> bytes:
+    try:
+        return await read_image_body(request, state.settings.max_body_bytes, sniffer)
+    except ServiceError as exc:
+        if exc.code is ErrorCode.CLIENT_CLOSED:  # an ordinary client abort, not a server fault
+            state.metrics.dropped.labels(task=task, reason="client_gone").inc()
+            logger.info("%s: the client went away during the upload", task)
+        raise
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
 async def _segment(
-    request: Request, state: ServiceState, task: str, fmt: str, threshold: float | None
+    request: Request,
+    state: ServiceState,
+    task: str,
+    fmt: str,
+    threshold: float | None,
+    timeout: float,
+) -> Response:
+    """Bind the request to the task's active model version until its response is built."""
+    async with state.bind(task) as loaded:
+        request.state.focus_task = loaded.task  # the metrics middleware labels by it
+        with state.admission.admit(loaded.task) as permit:  # before the body: 503 at once
+            return await _segment_on(request, state, loaded, fmt, threshold, timeout, permit)
+
+
+def _cache_key(request: Request, loaded: LoadedModel, data: bytes) -> str:
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "task"]
+    card = loaded.backend.card
+    return cache_key(loaded.task, loaded.entry.version, card.version, data, params)
+
+
+def _cached_response(cached: CachedResponse, started: float) -> Response:
+    headers = dict(cached.headers)
+    headers["X-Focus-Cache"] = "hit"
+    headers["Server-Timing"] = f"total;dur={_ms(time.perf_counter() - started)}"
+    return Response(cached.content, media_type=cached.media_type, headers=headers)
+
+
+async def _segment_on(
+    request: Request,
+    state: ServiceState,
+    loaded: LoadedModel,
+    fmt: str,
+    threshold: float | None,
+    timeout: float,
+    permit: Permit,
 ) -> Response:
     started = time.perf_counter()
     settings = state.settings
-    loaded = state.model(task)
-    request.state.focus_task = loaded.task  # the metrics middleware labels by it
     metrics = state.metrics
-    data = await read_image_body(request, settings.max_body_bytes)
-    deadline = started + settings.timeout_s
+    task = loaded.task
+    deadline = started + timeout
+    data = await _read_body(request, state, task, HeaderSniffer(permit, settings.max_pixels))
+    key = _cache_key(request, loaded, data) if state.cache is not None else None
+    if key is not None and state.cache is not None:
+        cached = state.cache.get(key, loaded.task)
+        if cached is not None:
+            return _cached_response(cached, started)
     stage_metrics = {
         "preprocess": metrics.preprocess_duration,
         "postprocess": metrics.postprocess_duration,
     }
 
+    async def run_cpu(stage: str, func: Callable[..., T], *args: Any) -> T:
+        return await _cpu_stage(state, deadline, timeout, stage, task, func, *args)
+
     async def infer(image: PreparedImage) -> Inference:
+        _before(deadline, timeout, "queueing", task, state)
         ticket = loaded.batcher.submit(image.inputs.image, image.inputs.edges, deadline)
-        class_probs, mask_logits = await _await_outputs(
-            ticket, request, deadline, settings.timeout_s
-        )
+        class_probs, mask_logits = await _await_outputs(ticket, request, deadline, timeout)
         return Inference(
             class_probs, mask_logits, ticket.queue_s, ticket.compute_s, ticket.batch_size
         )
@@ -199,8 +304,8 @@ async def _segment(
             SegmentOptions(fmt=fmt, threshold=threshold),
             infer=infer,
             max_pixels=settings.max_pixels,
-            run_cpu=state.run_cpu,
-            observe=lambda stage, s: stage_metrics[stage].labels(task=loaded.task).observe(s),
+            run_cpu=run_cpu,
+            observe=lambda stage, s: stage_metrics[stage].labels(task=task).observe(s),
             started=started,
         )
     except (ImageDecodeError, ImageTooLargeError) as exc:
@@ -221,11 +326,20 @@ async def _segment(
         "X-Focus-Task": loaded.task,
         "X-Focus-Backend": backend.name,
         "X-Focus-Batch-Size": str(timing.batch_size),
+        "X-Focus-Model-Version": str(loaded.entry.version),
     }
     if fmt != "json":
-        return Response(encoded.content, media_type=encoded.media_type, headers=headers)
-    body = json_result(loaded.task, image, encoded, threshold, backend, timing)
-    return JSONResponse(body.model_dump(mode="json"), headers=headers)
+        response = Response(encoded.content, media_type=encoded.media_type, headers=headers)
+    else:
+        body = json_result(loaded.task, image, encoded, threshold, backend, timing,
+                           repository_version=loaded.entry.version)  # fmt: skip
+        response = JSONResponse(body.model_dump(mode="json"), headers=headers)
+    if key is not None and state.cache is not None:
+        replay = tuple((k, v) for k, v in headers.items() if k != "Server-Timing")
+        content = bytes(response.body)
+        state.cache.put(key, CachedResponse(content, response.media_type or "", replay))
+        response.headers["X-Focus-Cache"] = "miss"
+    return response
 
 
 @router.post(
@@ -238,11 +352,12 @@ async def _segment(
 async def segment_by_query(
     request: Request,
     state: StateDep,
+    timeout: TimeoutDep,
     task: TaskQuery,
     fmt: FormatQuery = "png",
     threshold: ThresholdQuery = None,
 ) -> Response:
-    return await _segment(request, state, task, fmt, threshold)
+    return await _segment(request, state, task, fmt, threshold, timeout)
 
 
 @router.post(
@@ -255,8 +370,9 @@ async def segment_by_query(
 async def segment_by_path(
     request: Request,
     state: StateDep,
+    timeout: TimeoutDep,
     task: TaskPath,
     fmt: FormatQuery = "png",
     threshold: ThresholdQuery = None,
 ) -> Response:
-    return await _segment(request, state, task, fmt, threshold)
+    return await _segment(request, state, task, fmt, threshold, timeout)

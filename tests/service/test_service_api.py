@@ -79,6 +79,7 @@ def test_tasks_lists_models_with_metadata(client: TestClient) -> None:
                     "version": "test",
                     "backend": "onnxruntime",
                     "device": "cpu",
+                    "repository_version": 1,
                 },
                 "input": {"short_side": 256, "max_size": 1024, "size_divisibility": 32},
                 "max_batch_size": 8,
@@ -106,8 +107,8 @@ def test_metrics_exposes_every_focus_metric(client: TestClient, png_320x240: byt
         assert f"# TYPE {name} " in text, name
     assert 'focus_requests_total{code="200",task="camouflage"}' in text
     assert (
-        'focus_model_info{backend="onnxruntime",preset="tiny",task="camouflage",version="test"} 1.0'
-        in text
+        'focus_model_info{backend="onnxruntime",preset="tiny",repository_version="1",'
+        'task="camouflage",version="test"} 1.0' in text
     )
     assert 'focus_batch_size_bucket{le="1.0",task="camouflage"}' in text
 
@@ -132,8 +133,12 @@ def test_openapi_documents_every_route_and_error(client: TestClient) -> None:
         "/tasks",
         "/health/live",
         "/health/ready",
+        "/health/ready/{task}",
         "/metrics",
+        "/admin/reload",
     }
+    reload = schema["paths"]["/admin/reload"]["post"]
+    assert set(reload["responses"]) == {"200", "401", "403", "404", "422", "503"}
     post = schema["paths"]["/segment/{task}"]["post"]
     assert set(post["responses"]) >= {"200", "400", "401", "404", "413", "415", "422", "500"}
     assert {"503", "504"} <= set(post["responses"])
@@ -155,6 +160,7 @@ def test_segment_png_is_grayscale_mask_at_original_size(client: TestClient, png_
     assert response.headers["content-type"] == "image/png"
     assert response.headers["x-focus-task"] == "camouflage"
     assert response.headers["x-focus-backend"] == "onnxruntime"
+    assert response.headers["x-focus-model-version"] == "1"  # the flat layout
     assert response.headers["server-timing"].startswith("preprocess;dur=")
     mask = decode_png(response.content)
     assert (mask.mode, mask.size) == ("L", (320, 240))
@@ -219,7 +225,7 @@ def test_segment_json_has_mask_and_statistics(client: TestClient, png_320x240: b
     assert base64.b64decode(body["mask_png_base64"]) == png  # the same mask as format=png
     assert body["model"] == {
         "task": "camouflage", "preset": "tiny", "version": "test",
-        "backend": "onnxruntime", "device": "cpu",
+        "backend": "onnxruntime", "device": "cpu", "repository_version": 1,
     }  # fmt: skip
     assert 0.0 <= body["foreground_fraction"] <= 1.0
     assert 0.5 <= body["mean_confidence"] <= 1.0

@@ -98,6 +98,14 @@ def test_settings_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyP
         "workers": 1,
         "pull": None,
         "require_pull": False,
+        "max_inflight_per_task": 64,
+        "max_inflight_pixels": 40_000_000,
+        "read_timeout_s": 30.0,
+        "drain_delay_s": 5.0,
+        "model_versions": None,
+        "admin_key": None,
+        "repository_poll_s": 0.0,
+        "cache_mb": 0.0,
     }
 
 
@@ -110,6 +118,10 @@ def test_settings_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyP
         ({"max_batch_size": 0}, "Input should be greater than or equal to 1"),
         ({"timeout_s": 0}, "Input should be greater than 0"),
         ({"log_level": "loud"}, "Input should be 'critical', 'error', 'warning', 'info'"),
+        (
+            {"max_inflight_pixels": 1000, "max_pixels": 2000},
+            r"FOCUS_MAX_INFLIGHT_PIXELS \(1000\) must be at least FOCUS_MAX_PIXELS \(2000\)",
+        ),
     ],
 )
 def test_settings_reject_invalid_values(overrides: dict, message: str) -> None:
@@ -158,8 +170,8 @@ def test_ready_reports_a_stopped_batcher(make_settings) -> None:
     async def scenario():
         app = create_app(make_settings())
         async with running(app) as client:
-            owner = app.state.focus.models["camouflage"].batcher._owner
-            owner.cancel()
+            owner = app.state.focus.models["camouflage"].batcher.executor.tasks[1]
+            owner.cancel()  # the device executor's runner died
             with contextlib.suppress(asyncio.CancelledError):
                 await owner
             return await client.get("/health/ready")
