@@ -27,14 +27,15 @@ DEPS_HASH := $(shell cat pyproject.toml Makefile $(wildcard $(CONSTRAINTS)) | (s
 SERVE_STAMP := $(VENV)/.focus-serve-$(DEPS_HASH)
 TEST_STAMP := $(VENV)/.focus-test-$(DEPS_HASH)
 
-.PHONY: help serve test install-serve install-test system-deps lint clean demo-models constraints \
-	container-deps container-test
+.PHONY: help serve test install-serve install-test system-deps lint typecheck clean demo-models \
+	constraints container-deps container-test
 
 help:
 	@echo "make serve  - install the service into $(VENV) and serve ./model_repository on :8000"
 	@echo "make test   - install the service, training and test tools into $(VENV) and run pytest"
 	@echo "make container-test - build the CPU image and the compose stack with podman and test them"
 	@echo "make lint   - ruff check"
+	@echo "make typecheck - mypy over models/, service/ and export/ (part of make test)"
 	@echo "make clean  - remove $(VENV)"
 	@echo "make constraints - re-resolve every dependency into $(CONSTRAINTS)"
 
@@ -83,8 +84,9 @@ system-deps:
 	fi; \
 	rm -f "$$log"
 
+# mypy first (seconds with its cache in .mypy_cache; files and rules in [tool.mypy]), then pytest.
 # pytest exits 5 when it collected no test; that is not a failure of the suite.
-test: $(TEST_STAMP) system-deps
+test: $(TEST_STAMP) system-deps typecheck
 	@rc=0; $(BIN)/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
@@ -94,6 +96,9 @@ demo-models: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
+
+typecheck: $(TEST_STAMP)
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV)

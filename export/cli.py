@@ -370,14 +370,22 @@ def _cmd_triton(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- pipeline
 
 
+def _recipe_help(field: str, reference: object) -> str:
+    """A recipe flag's default in each recipe, for its help text."""
+    from export.pipeline import TINY_CPU
+
+    return f"(reference: {reference}; tiny-cpu: {TINY_CPU.get(field, reference)})"
+
+
 def _register_pipeline(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "pipeline",
         help="train, evaluate, export (ONNX, TensorRT on CUDA) and publish one task",
         description="Train on --data, evaluate, export ONNX (parity-checked), build a TensorRT "
         "engine where TensorRT and CUDA are present, and write REPO/<task>/{focus.json, "
-        "model.onnx, pipeline.json}. Prints each stage's outcome; a failed stage exits 1 and "
-        "leaves the repository untouched.",
+        "model.onnx, pipeline.json}. Training and evaluation show their progress and each "
+        "stage ends with a one-line outcome; without --eval-data a held-out split of --data "
+        "is evaluated. A failed stage exits 1 and leaves the repository untouched.",
     )
     p.add_argument("--task", required=True, help="task name or alias")
     p.add_argument(
@@ -388,21 +396,20 @@ def _register_pipeline(subparsers: Any) -> None:
         help="training data: folders with images/ and masks/, or dataset names",
     )
     p.add_argument("--out", type=Path, required=True, help="model repository to write into")
-    p.add_argument("--preset", default="tiny", help="model preset (tiny)")
-    p.add_argument("--iters", type=_positive_int, default=2000, help="training iterations (2000)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per step (8)")
-    p.add_argument(
-        "--num-points",
-        type=_positive_int,
-        default=12544,
-        help="points per mask in the losses (12544)",
-    )
+    _add_pipeline_training_arguments(p)
     p.add_argument(
         "--eval-data",
         nargs="+",
         default=(),
         metavar="NAME_OR_DIR",
-        help="evaluation data (default: the training data)",
+        help="evaluation data (default: a held-out split of --data, see --holdout)",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.1,
+        help="without --eval-data: the fraction of --data held out for evaluation and never "
+        "trained on, drawn with --seed (0.1); 0 evaluates on the training data",
     )
     p.add_argument(
         "--eval-limit",
@@ -415,8 +422,6 @@ def _register_pipeline(subparsers: Any) -> None:
         "--work", type=Path, default=None, help="run folder to keep (default: a temporary folder)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="training device (auto)")
-    p.add_argument("--workers", type=int, default=2, help="data loader workers (2)")
     p.add_argument(
         "--tensorrt",
         choices=("auto", "on", "off"),
@@ -437,11 +442,70 @@ def _register_pipeline(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_pipeline)
 
 
+def _add_pipeline_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The train stage's flags: --recipe and the settings that override it."""
+    from export.pipeline import RECIPES
+
+    p.add_argument(
+        "--recipe",
+        default="reference",
+        choices=list(RECIPES),
+        help="training settings to start from, as `focus train --recipe` (reference); "
+        "tiny-cpu trains the tiny preset in minutes on a CPU; explicit flags win",
+    )
+    p.add_argument("--preset", default="tiny", help="model preset (tiny)")
+    p.add_argument("--iters", type=_positive_int, default=2000, help="training iterations (2000)")
+    p.add_argument(
+        "--max-minutes",
+        type=_positive_float,
+        default=None,
+        help="stop training early (with its checkpoint) after this wall-clock time",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=None,
+        help="images per step " + _recipe_help("batch_size", 8),
+    )
+    p.add_argument(
+        "--num-points", type=_positive_int, default=None,
+        help="points per mask in the losses " + _recipe_help("num_points", 12544),
+    )
+    p.add_argument(
+        "--lr", type=_positive_float, default=None,
+        help="base learning rate " + _recipe_help("lr", 1e-4),
+    )
+    p.add_argument(
+        "--input-short-side", type=_positive_int, default=None,
+        help="train (and serve) at this input short side, a multiple of 32 "
+        + _recipe_help("input_short_side", "the preset's"),
+    )
+    p.add_argument(
+        "--threads", type=_positive_int, default=None,
+        help="torch CPU threads for training " + _recipe_help("threads", "torch's default"),
+    )
+    p.add_argument("--device", default="auto", help="training device (auto)")
+    p.add_argument(
+        "--workers", type=int, default=None,
+        help="data loader workers " + _recipe_help("workers", 2),
+    )
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     _exporter_logging(args.verbose)
     from export.pipeline import PipelineConfig, PipelineError, run_pipeline
     from models.tasks import UnknownTaskError
 
+    if not 0 <= args.holdout < 1:
+        print(f"error: --holdout must be in [0, 1), got {args.holdout}", file=sys.stderr)
+        return EXIT_USAGE
+    train_options: dict[str, Any] = {
+        k: getattr(args, k)
+        for k in ("lr", "input_short_side", "threads")
+        if getattr(args, k) is not None
+    }
+    if args.max_minutes is not None:
+        train_options["max_seconds"] = args.max_minutes * 60
+    if args.version is not None:
+        train_options["version"] = args.version
     try:
         config = PipelineConfig(
             task=args.task,
@@ -449,9 +513,11 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
             out=args.out,
             preset=args.preset,
             iters=args.iters,
+            recipe=args.recipe,
             batch_size=args.batch_size,
             num_points=args.num_points,
             eval_data=tuple(args.eval_data),
+            holdout=args.holdout,
             eval_limit=args.eval_limit,
             data_root=args.data_root,
             work=args.work,
@@ -460,7 +526,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
             workers=args.workers,
             tensorrt=args.tensorrt,
             with_weights=args.with_weights,
-            train_options={} if args.version is None else {"version": args.version},
+            train_options=train_options,
         )
         report = run_pipeline(config, echo=print)
     except UnknownTaskError as exc:

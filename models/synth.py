@@ -271,10 +271,13 @@ def synth_forgery(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray,
     base = _scene(rng, h, w, objects=int(rng.integers(2, 5)))
     base += rng.normal(0, rng.uniform(2, 5), (h, w, 3)).astype(np.float32)  # camera noise
     mask = random_shape(rng, h, w, area=(0.04, 0.2), holes=0.3, limbs=0.4)
+    patch: np.ndarray
     if rng.random() < 0.5:  # copy-move: a rescaled copy of another part of this image
         s = float(rng.uniform(0.8, 1.25))
         dx, dy = rng.uniform(-0.4, 0.4) * w, rng.uniform(-0.4, 0.4) * h
-        m = np.float32([[s, 0, (1 - s) * w / 2 + dx], [0, s, (1 - s) * h / 2 + dy]])
+        m = np.array(
+            [[s, 0, (1 - s) * w / 2 + dx], [0, s, (1 - s) * h / 2 + dy]], dtype=np.float32
+        )
         patch = cv2.warpAffine(
             base, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
         )

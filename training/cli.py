@@ -171,15 +171,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- train
 
 
-# Flags whose default comes from --recipe: argparse default None, resolved in _cmd_train.
-_RECIPE_FLAGS = ("preset", "input_short_side", "batch_size", "lr", "backbone_multiplier",
-                 "clip_grad", "drop_path", "num_points", "threads", "workers", "save_every",
-                 "log_every")
-
-
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
     from models.config import PRESETS
-    from training.config import TINY_CPU
+    from training.config import RECIPES, TINY_CPU
 
     def d(key: str, reference: object) -> str:
         """Help text for a recipe flag: its reference default and its tiny-cpu value."""
@@ -195,7 +189,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         "tiny model learn in minutes on a CPU (explicit flags still win). Multi-process: "
         "torchrun --nproc-per-node N -m focus_cli train ... (NCCL on GPUs, gloo on CPU).",
     )
-    p.add_argument("--recipe", default="reference", choices=["reference", "tiny-cpu"],
+    p.add_argument("--recipe", default="reference", choices=list(RECIPES),
                    help="defaults of the flags marked below (reference)")
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="model size (tiny)")
@@ -262,12 +256,12 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from models.tasks import UnknownTaskError
-    from training.config import TINY_CPU, TrainConfig
+    from training.config import RECIPE_FIELDS, TrainConfig, recipe_fields
     from training.datasets import DatasetError
     from training.loop import train
 
-    values: dict = dict(TINY_CPU) if args.recipe == "tiny-cpu" else {}
-    values.update({k: getattr(args, k) for k in _RECIPE_FLAGS if getattr(args, k) is not None})
+    # Flags whose default comes from --recipe have argparse default None.
+    values = recipe_fields(args.recipe, **{k: getattr(args, k) for k in RECIPE_FIELDS})
     try:
         if args.init_from is not None and args.preset is None:  # the checkpoint's, by default
             from models.config import ModelCard

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 import struct
+import subprocess
 import zlib
 
 import httpx
@@ -15,6 +17,7 @@ from PIL import Image
 from service_testing import decode_png, image_bytes, run, running
 
 from service.app import create_app
+from service.imaging import OVERLAY_ALPHA, OVERLAY_COLOUR
 
 AVAILABLE = "camouflage, salient, shadow"
 PNG = {"content-type": "image/png"}
@@ -88,9 +91,11 @@ def test_tasks_lists_models_with_metadata(client: TestClient) -> None:
     assert response.json() == {"tasks": expected}
 
 
-def test_metrics_exposes_every_focus_metric(client: TestClient, png_320x240: bytes) -> None:
-    assert client.post("/segment/cod", content=png_320x240, headers={"content-type": "image/png"})
-    text = client.get("/metrics").text
+def test_metrics_exposes_every_focus_metric(make_settings, png_320x240: bytes) -> None:
+    with TestClient(create_app(make_settings())) as client:  # a fresh app: exact counts
+        response = client.post("/segment/cod", content=png_320x240, headers=PNG)
+        assert response.status_code == 200
+        text = client.get("/metrics").text
     for name in (
         "focus_requests_total",
         "focus_request_duration_seconds",
@@ -105,12 +110,31 @@ def test_metrics_exposes_every_focus_metric(client: TestClient, png_320x240: byt
         "focus_dropped_requests_total",
     ):
         assert f"# TYPE {name} " in text, name
-    assert 'focus_requests_total{code="200",task="camouflage"}' in text
+    assert 'focus_requests_total{code="200",task="camouflage"} 1.0' in text.splitlines()
     assert (
         'focus_model_info{backend="onnxruntime",preset="tiny",repository_version="1",'
         'task="camouflage",version="test"} 1.0' in text
     )
-    assert 'focus_batch_size_bucket{le="1.0",task="camouflage"}' in text
+    assert 'focus_batch_size_bucket{le="1.0",task="camouflage"} 1.0' in text.splitlines()
+    assert 'focus_batch_size_count{task="camouflage"} 1.0' in text.splitlines()
+
+
+def test_metrics_output_passes_promtool(client: TestClient, png_320x240: bytes) -> None:
+    """The exposition is read by a parser other than the library that wrote it."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is absent (Debian package `prometheus`; `make test` installs it)")
+    assert client.post("/segment/cod", content=png_320x240, headers=PNG).status_code == 200
+    text = client.get("/metrics").text
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = text.replace("focus_requests_total{", "focus_requests_total{code=", 1)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=broken, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0  # promtool does fail on a malformed exposition
 
 
 def test_demo_page_and_assets_are_served(client: TestClient) -> None:
@@ -239,24 +263,28 @@ def test_segment_json_has_mask_and_statistics(client: TestClient, png_320x240: b
 
 
 def test_segment_json_with_threshold_reports_its_binary_mask(client: TestClient, png_320x240):
-    response = client.post(
-        "/segment/cod?format=json&threshold=0.2",
-        content=png_320x240,
-        headers={"content-type": "image/png"},
-    )
+    soft = np.asarray(decode_png(client.post("/segment/cod", content=png_320x240, headers=PNG)
+                                 .content))
+    levels = np.unique(soft)
+    assert levels.size >= 2, "the soft mask is constant; no threshold splits it"
+    # Halfway between two 8-bit levels, so `soft > threshold` is `soft_png > level` exactly:
+    # a non-empty, non-full mask whatever the (barely trained) model predicts.
+    level = int(levels[(levels.size - 1) // 2])
+    threshold = (level + 0.5) / 255
+    response = client.post(f"/segment/cod?format=json&threshold={threshold}",
+                           content=png_320x240, headers=PNG)
     assert response.status_code == 200
     body = response.json()
     mask = np.asarray(decode_png(base64.b64decode(body["mask_png_base64"]))) == 255
-    assert body["threshold"] == 0.2
+    expected = soft > level
+    assert body["threshold"] == pytest.approx(threshold)
+    assert (mask != expected).mean() <= 1e-3  # rounding ties at the level boundary only
     assert body["foreground_fraction"] == pytest.approx(mask.mean())
-    if mask.any():
-        ys, xs = np.nonzero(mask)
-        assert body["bbox"] == {
-            "x": int(xs.min()), "y": int(ys.min()),
-            "width": int(xs.max() - xs.min() + 1), "height": int(ys.max() - ys.min() + 1),
-        }  # fmt: skip
-    else:
-        assert body["bbox"] is None
+    ys, xs = np.nonzero(mask)
+    assert body["bbox"] == {
+        "x": int(xs.min()), "y": int(ys.min()),
+        "width": int(xs.max() - xs.min() + 1), "height": int(ys.max() - ys.min() + 1),
+    }  # fmt: skip
 
 
 def test_segment_rgba_is_cutout_with_mask_as_alpha(client: TestClient, png_320x240: bytes):
@@ -281,6 +309,15 @@ def test_segment_overlay_is_rgb_at_original_size(client: TestClient, png_320x240
     assert response.status_code == 200
     overlay = decode_png(response.content)
     assert (overlay.mode, overlay.size) == ("RGB", (320, 240))
+    # The soft mask blended over the image in the overlay colour: recomputed from the mask.
+    mask = np.asarray(
+        decode_png(client.post("/segment/sod", content=png_320x240, headers=PNG).content)
+    )
+    original = np.asarray(Image.open(io.BytesIO(png_320x240)).convert("RGB")).astype(np.float32)
+    weight = (mask.astype(np.float32) * OVERLAY_ALPHA / 255.0)[:, :, None]
+    expected = original * (1 - weight) + np.asarray(OVERLAY_COLOUR, np.float32) * weight
+    assert np.abs(np.asarray(overlay, np.float32) - expected).max() <= 1.0
+    assert np.abs(expected - original).max() > 20  # an echoed input would not pass
 
 
 def test_segment_applies_exif_orientation(client: TestClient) -> None:
@@ -541,3 +578,8 @@ def test_async_client_sees_same_mask_as_sync(make_settings, png_320x240: bytes) 
     response = run(scenario())
     assert isinstance(response, httpx.Response) and response.status_code == 200
     assert decode_png(response.content).size == (320, 240)
+    with TestClient(create_app(make_settings())) as sync_client:
+        sync = sync_client.post("/segment/cod", content=png_320x240, headers=PNG)
+    assert sync.status_code == 200
+    assert np.array_equal(np.asarray(decode_png(response.content)),
+                          np.asarray(decode_png(sync.content)))
