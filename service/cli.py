@@ -344,10 +344,11 @@ def _segment_files(
     failures = 0
     pairs = list(zip(files, outputs, strict=True))
     progress = tqdm(pairs, unit="img", disable=len(files) == 1, desc=backend.card.task)
-    with asyncio.Runner() as runner:
+    loop = asyncio.new_event_loop()  # one loop for every file (asyncio.Runner is 3.11+)
+    try:
         for (path, _), out in progress:
             try:
-                segmented = runner.run(
+                segmented = loop.run_until_complete(
                     segment_bytes(
                         path.read_bytes(),
                         backend.card,
@@ -361,5 +362,7 @@ def _segment_files(
                 progress.write(f"{path}: {exc}", file=sys.stderr)
                 continue
             _write_result(out, segmented, options, backend, repository_version)
+    finally:
+        loop.close()
     progress.close()
     return failures
