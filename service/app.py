@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import register_error_handlers
@@ -107,7 +108,9 @@ def create_app(
             await puller.stop()
             await state.stop()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc shipped in the fastapi-offline package: they
+    # render on air-gapped machines (FastAPI's own pages load them from a CDN).
+    app = FastAPIOffline(
         title="focus-serve",
         version="0.1.0",
         description=API_DESCRIPTION,

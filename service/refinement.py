@@ -11,21 +11,26 @@ this module is the glue the route and the CLI share:
    prepares its input; the caller runs the network on it as on any image;
 3. ``refine_result`` blends the crop's mask in and runs the guided filter; the cut-out's colour
    decontamination happens in ``service.pipeline.encode``.
+
+The options themselves are fields of ``service.pipeline.SegmentOptions``, and the chain that
+runs these steps is ``service.pipeline`` (``segment_bytes``, ``refine_on_backend``): this module
+only reads the image types at run time, so the chain can import it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, get_args
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
 from models.config import ModelCard
-from models.processing import postprocess, preprocess_with_card
+from models.processing import Prepared, postprocess, preprocess_with_card
 from models.refine import ZoomCrop, blend_zoom, foreground_radius, plan_zoom, refine_guided, refusal
-from service.backends.base import Backend
-from service.pipeline import MaskResult, PreparedImage, network_input
-from service.schemas import BoundingBox, RefinementInfo, ZoomInfo
+from service.schemas import BoundingBox, NetworkInput, RefinementInfo, ZoomInfo
+
+if TYPE_CHECKING:  # annotations only: service.pipeline imports this module
+    from service.pipeline import PreparedImage, SegmentOptions
 
 RefineMode = Literal["none", "guided"]
 ZoomMode = Literal["off", "auto"]
@@ -46,22 +51,9 @@ class OptionError(ValueError):
     """An option that is not offered for this task or format (422 / exit status 2)."""
 
 
-@dataclass(frozen=True)
-class Options:
-    refine: str = "none"
-    zoom: str = "off"
-    decontaminate: bool = False
-    encoding: str | None = None  # None: the format's default
-
-    @property
-    def changes_mask(self) -> bool:
-        """Whether the soft mask differs from the plain resize (then the reference's binary
-        mask no longer matches it, and statistics use soft > 0.5)."""
-        return self.refine != "none" or self.zoom != "off"
-
-
-def check_options(task: str, fmt: str, options: Options) -> Options:
+def check_options(task: str, options: SegmentOptions) -> SegmentOptions:
     """``options`` with the encoding resolved, or ``OptionError`` saying what is refused."""
+    fmt = options.fmt
     if options.refine not in REFINE_MODES:
         raise OptionError(f"unknown refine {options.refine!r}; use one of {REFINE_MODES}")
     if options.zoom not in ZOOM_MODES:
@@ -92,7 +84,7 @@ def check_options(task: str, fmt: str, options: Options) -> Options:
             f"encoding={encoding} is not available for format={fmt} ({hint}); "
             f"use one of: {', '.join(allowed)}"
         )
-    return Options(options.refine, options.zoom, options.decontaminate, encoding)
+    return replace(options, encoding=encoding)
 
 
 # -------------------------------------------------------------------------------- zoom pass
@@ -103,7 +95,8 @@ class ZoomPass:
     """The second pass's input: the crop of the original image, prepared for the network."""
 
     crop: ZoomCrop
-    image: PreparedImage
+    rgb: np.ndarray  # uint8 [h, w, 3], the crop of the original image
+    inputs: Prepared
 
 
 @dataclass(frozen=True)
@@ -121,14 +114,12 @@ def plan_zoom_pass(image: PreparedImage, soft: np.ndarray, card: ModelCard) -> Z
             "seen at least 1.5x larger"
         )
     rgb = np.ascontiguousarray(image.rgb[crop.y0 : crop.y1, crop.x0 : crop.x1])
-    prepared = PreparedImage(
-        rgb=rgb, inputs=preprocess_with_card(rgb, card), source_format=image.source_format
-    )
-    gain = prepared.inputs.resized_size[0] / crop.height / (
+    inputs = preprocess_with_card(rgb, card)
+    gain = inputs.resized_size[0] / crop.height / (
         image.inputs.resized_size[0] / image.inputs.original_size[0]
     )
     return ZoomDecision(
-        ZoomPass(crop, prepared), f"the object is small: the crop is seen {gain:.1f}x larger"
+        ZoomPass(crop, rgb, inputs), f"the object is small: the crop is seen {gain:.1f}x larger"
     )
 
 
@@ -137,23 +128,22 @@ def plan_zoom_pass(image: PreparedImage, soft: np.ndarray, card: ModelCard) -> Z
 
 def refine_result(
     image: PreparedImage,
-    first: MaskResult,
-    options: Options,
+    soft: np.ndarray,
+    options: SegmentOptions,
     zoom: ZoomDecision | None = None,
     zoom_outputs: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[MaskResult, RefinementInfo]:
-    """The first pass's mask with the zoom pass blended in and the guided filter applied.
+) -> tuple[np.ndarray, RefinementInfo]:
+    """The first pass's soft mask with the zoom pass blended in and the guided filter applied.
 
     ``zoom_outputs`` are the network outputs (class_probs [2,2], mask_logits [2,h,w]) for
     ``zoom.crop``. Size and range never change: float32 [H, W] in [0, 1].
     """
-    soft = first.soft
     p = image.inputs
     zoom_info = None
     if zoom is not None:
         crop_box = None
         if zoom.crop is not None and zoom_outputs is not None:
-            q = zoom.crop.image.inputs
+            q = zoom.crop.inputs
             crop_soft, _ = postprocess(
                 zoom_outputs[0], zoom_outputs[1], q.padded_size, q.resized_size,
                 q.original_size, with_binary=False,
@@ -165,30 +155,12 @@ def refine_result(
         zoom_info = ZoomInfo(ran=crop_box is not None, crop=crop_box, reason=zoom.reason)
     if options.refine == "guided":
         soft = refine_guided(image.rgb, soft, p.resized_size)
-    binary = first.binary if not options.changes_mask else None
-    return MaskResult(soft=soft, binary=binary), RefinementInfo(refine=options.refine,
-                                                                zoom=zoom_info)  # fmt: skip
+    return soft, RefinementInfo(refine=options.refine, zoom=zoom_info)
 
 
-def refine_with_backend(
-    backend: Backend, image: PreparedImage, first: MaskResult, options: Options
-) -> tuple[MaskResult, RefinementInfo]:
-    """``refine_result`` with the zoom pass run synchronously on ``backend`` (the CLI's way;
-    the service queues it in the task's batcher instead)."""
-    zoom, zoom_outputs = None, None
-    if options.zoom == "auto":
-        zoom = plan_zoom_pass(image, first.soft, backend.card)
-        if zoom.crop is not None:
-            q = zoom.crop.image.inputs
-            probs, logits = backend.infer(q.image[None], q.edges[None])
-            zoom_outputs = (probs[0], logits[0])
-    return refine_result(image, first, options, zoom, zoom_outputs)
-
-
-def response_headers(image: PreparedImage, info: RefinementInfo) -> dict[str, str]:
+def response_headers(network: NetworkInput, info: RefinementInfo) -> dict[str, str]:
     """``X-Focus-Network-Size`` (WxH the network saw), ``X-Focus-Scale`` (network/original),
     and, when asked for, ``X-Focus-Refine`` and ``X-Focus-Zoom`` (ran | not-needed)."""
-    network = network_input(image)
     headers = {
         "X-Focus-Network-Size": f"{network.width}x{network.height}",
         "X-Focus-Scale": str(network.scale),

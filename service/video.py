@@ -33,8 +33,15 @@ from models.imaging import ImageTooLargeError
 from models.processing import preprocess_with_card
 from service.backends.base import Backend
 from service.imaging import mask_to_uint8, overlay
-from service.pipeline import Encoded, MaskResult, PreparedImage, compute_mask, encode, needs_binary
-from service.refinement import Options, refine_with_backend
+from service.pipeline import (
+    Encoded,
+    Inference,
+    MaskResult,
+    PreparedImage,
+    SegmentOptions,
+    encode,
+    refine_on_backend,
+)
 from service.schemas import RefinementInfo
 
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg",
@@ -144,16 +151,10 @@ def prepare_frame(rgb: np.ndarray, backend: Backend) -> PreparedImage:
 
 
 def mask_frames(
-    frames: Iterator[np.ndarray],
-    backend: Backend,
-    fmt: str,
-    threshold: float | None,
-    options: Options,
-    batch: int,
+    frames: Iterator[np.ndarray], backend: Backend, options: SegmentOptions, batch: int
 ) -> Iterator[tuple[PreparedImage, MaskResult, RefinementInfo]]:
     """Masks of ``frames`` in order, ``batch`` frames per backend call (a zoom pass, when it
-    runs, is one more call for that frame)."""
-    with_binary = needs_binary(fmt, threshold) and not options.changes_mask
+    runs, is one more call for that frame); the rest is ``service.pipeline``'s chain."""
     pending: list[PreparedImage] = []
 
     def flush() -> Iterator[tuple[PreparedImage, MaskResult, RefinementInfo]]:
@@ -163,8 +164,8 @@ def mask_frames(
             np.stack([p.inputs.image for p in pending]), np.stack([p.inputs.edges for p in pending])
         )
         for k, image in enumerate(pending):
-            first = compute_mask(probs[k], logits[k], image, with_binary=with_binary)
-            result, info = refine_with_backend(backend, image, first, options)
+            inference = Inference(probs[k], logits[k], batch_size=len(pending))
+            result, info = refine_on_backend(backend, image, inference, options)
             yield image, result, info
         pending.clear()
 
@@ -220,16 +221,15 @@ def segment_video(
     path: Path,
     target: Path,
     backend: Backend,
+    options: SegmentOptions,
     *,
-    fmt: str,
-    threshold: float | None,
-    options: Options,
     batch: int,
     codec: str,
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Segment every frame of video ``path`` into ``target`` (see ``video_output``); returns
     the number of frames written. ``progress(done, total)`` is called after each frame."""
+    fmt, threshold = options.fmt, options.threshold
     if fmt not in VIDEO_FORMATS:
         raise MediaError(
             f"format {fmt} is per image; a video takes one of {', '.join(VIDEO_FORMATS)}"
@@ -240,7 +240,7 @@ def segment_video(
         writer = VideoWriter(target, codec, info, grey=fmt == "png")
     done = 0
     try:
-        for image, result, _ in mask_frames(frames, backend, fmt, threshold, options, batch):
+        for image, result, _ in mask_frames(frames, backend, options, batch):
             mask_u8 = mask_to_uint8(result.soft, threshold)
             if writer is not None:
                 writer.write(mask_u8 if fmt == "png" else overlay(image.rgb, mask_u8))
@@ -276,10 +276,8 @@ def segment_animation(
     path: Path,
     target: Path,
     backend: Backend,
+    options: SegmentOptions,
     *,
-    fmt: str,
-    threshold: float | None,
-    options: Options,
     max_pixels: int,
     batch: int,
     render_json: Callable[[PreparedImage, Encoded, RefinementInfo], str] | None = None,
@@ -287,10 +285,11 @@ def segment_animation(
 ) -> int:
     """One output per frame of animated image ``path`` in folder ``target``; returns the count.
     ``render_json`` makes the text of a json frame (the CLI passes its ``json_result``)."""
+    fmt, threshold = options.fmt, options.threshold
     total = animated_frame_count(path)
     done = 0
     frames = animated_frames(path, max_pixels)
-    for image, result, info in mask_frames(frames, backend, fmt, threshold, options, batch):
+    for image, result, info in mask_frames(frames, backend, options, batch):
         encoded = encode(fmt, image, result, threshold, encoding=options.encoding,
                          decontaminate=options.decontaminate)  # fmt: skip
         text = None

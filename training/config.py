@@ -60,6 +60,7 @@ class TrainConfig:
     clip_weight: float | None = None  # None: the task's (1.0; forgery 0.01)
     # weights
     backbone_weights: Path | None = None
+    init_from: Path | None = None  # a checkpoint directory to fine-tune (its preset and input)
     clip_weights: Path | None = None
     clip_vocab: Path | None = None
     # reference quirks (see the module docstring); None / True keep the reference behaviour
@@ -81,6 +82,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     max_seconds: float | None = None  # stop early (with a checkpoint) after this wall time
     stop_at: int | None = None  # stop early (with a checkpoint) after this many total steps
+    version: str | None = None  # focus.json "version"; None: date + hash of the weights
     progress: bool = True
     tensorboard: bool = True
 

@@ -120,6 +120,14 @@ def training_pairs(config: TrainConfig) -> list[Pair]:
 
 def _model_config(config: TrainConfig) -> FocusConfig:
     cfg = get_preset(config.preset)
+    if config.init_from is not None:  # fine-tuning: the checkpoint's network, input size too
+        card = ModelCard.load(config.init_from)
+        if card.preset != config.preset:
+            raise ValueError(
+                f"{config.init_from} holds a {card.preset!r} model, not {config.preset!r}; "
+                f"pass --preset {card.preset}"
+            )
+        cfg = card.config
     if config.drop_path is not None:
         cfg = dataclasses.replace(cfg, drop_path_rate=config.drop_path)
     if config.input_short_side is not None:
@@ -199,7 +207,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def _card(config: TrainConfig, model_cfg: FocusConfig, step: int, distilled: bool) -> ModelCard:
-    return make_card(
+    card = make_card(
         config.task,
         config.preset,
         model_cfg,
@@ -212,6 +220,8 @@ def _card(config: TrainConfig, model_cfg: FocusConfig, step: int, distilled: boo
             "train_config": config.to_dict(),
         },
     )
+    # save_checkpoint stamps an unversioned card with the date and a hash of the weights
+    return card if config.version is None else dataclasses.replace(card, version=config.version)
 
 
 def _load_state(path: Path) -> dict[str, Any]:
@@ -359,6 +369,11 @@ def _build_run(
 ) -> _Run:
     """Weights, CLIP, devices, optimiser, mixed precision, DDP and the criterion of a run;
     restores the weights, optimiser and scaler from ``state`` on resume."""
+    if state is None and config.init_from is not None:
+        from models.checkpoint import load_weights
+
+        load_weights(model, config.init_from)
+        logger.info("fine-tuning from %s", config.init_from)
     if state is None and config.backbone_weights is not None:
         from models.dinov2_weights import load_dinov2_into
 

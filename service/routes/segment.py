@@ -29,27 +29,15 @@ from service.deps import ApiKeyDep, StateDep, TimeoutDep
 from service.errors import ErrorCode, ServiceError, error_doc
 from service.imaging import Encoding, ImageDecodeError, ImageTooLargeError
 from service.pipeline import (
-    Encoded,
-    MaskResult,
+    Inference,
     OutputFormat,
     PreparedImage,
-    compute_mask,
-    encode,
+    SegmentOptions,
     json_result,
-    needs_binary,
-    prepare,
+    network_input,
+    segment_bytes,
 )
-from service.refinement import (
-    OptionError,
-    Options,
-    RefineMode,
-    ZoomDecision,
-    ZoomMode,
-    check_options,
-    plan_zoom_pass,
-    refine_result,
-    response_headers,
-)
+from service.refinement import OptionError, RefineMode, ZoomMode, check_options, response_headers
 from service.schemas import RefinementInfo, SegmentResult, Timing
 from service.state import LoadedModel, ServiceState
 from service.upload import read_image_body
@@ -246,37 +234,10 @@ async def _await_outputs(
     raise ServiceError(ErrorCode.TIMEOUT, f"no result within {timeout:g}s")
 
 
-def _prepare(data: bytes, loaded: LoadedModel, max_pixels: int) -> PreparedImage:
-    try:
-        return prepare(data, loaded.backend.card, max_pixels)
-    except ImageTooLargeError as exc:
-        raise ServiceError(ErrorCode.IMAGE_TOO_LARGE, str(exc)) from None
-    except ImageDecodeError as exc:
-        raise ServiceError(ErrorCode.INVALID_IMAGE, str(exc)) from None
-
-
-def _first_pass(
-    image: PreparedImage, outputs: Outputs, fmt: str, threshold: float | None,
-    options: Options, loaded: LoadedModel,
-) -> tuple[MaskResult, ZoomDecision | None]:  # fmt: skip
-    class_probs, mask_logits = outputs
-    with_binary = needs_binary(fmt, threshold) and not options.changes_mask
-    result = compute_mask(class_probs, mask_logits, image, with_binary=with_binary)
-    if options.zoom != "auto":
-        return result, None
-    return result, plan_zoom_pass(image, result.soft, loaded.backend.card)
-
-
-def _finish(
-    image: PreparedImage, result: MaskResult, fmt: str, threshold: float | None,
-    options: Options, zoom: ZoomDecision | None, zoom_outputs: Outputs | None,
-) -> tuple[Encoded, RefinementInfo]:  # fmt: skip
-    refined, info = refine_result(image, result, options, zoom, zoom_outputs)
-    encoded = encode(
-        fmt, image, refined, threshold,
-        encoding=options.encoding, decontaminate=options.decontaminate,
-    )  # fmt: skip
-    return encoded, info
+def _image_error(exc: ImageDecodeError | ImageTooLargeError) -> ServiceError:
+    if isinstance(exc, ImageTooLargeError):
+        return ServiceError(ErrorCode.IMAGE_TOO_LARGE, str(exc))
+    return ServiceError(ErrorCode.INVALID_IMAGE, str(exc))
 
 
 def _before(deadline: float, timeout: float, stage: str, task: str, state: ServiceState) -> None:
@@ -323,25 +284,17 @@ def _ms(seconds: float) -> float:
 
 
 async def _segment(
-    request: Request,
-    state: ServiceState,
-    task: str,
-    fmt: str,
-    threshold: float | None,
-    timeout: float,
-    options: Options = Options(),  # noqa: B008 - frozen, never mutated
+    request: Request, state: ServiceState, task: str, timeout: float, options: SegmentOptions
 ) -> Response:
     """Bind the request to the task's active model version until its response is built."""
     async with state.bind(task) as loaded:
         request.state.focus_task = loaded.task  # the metrics middleware labels by it
         try:  # refused options cost nothing: before admission and the body
-            options = check_options(loaded.task, fmt, options)
+            options = check_options(loaded.task, options)
         except OptionError as exc:
             raise ServiceError(ErrorCode.VALIDATION_ERROR, str(exc)) from None
         with state.admission.admit(loaded.task) as permit:  # before the body: 503 at once
-            return await _segment_on(
-                request, state, loaded, fmt, threshold, timeout, permit, options
-            )
+            return await _segment_on(request, state, loaded, options, timeout, permit)
 
 
 def _cache_key(request: Request, loaded: LoadedModel, data: bytes) -> str:
@@ -355,24 +308,6 @@ def _cached_response(cached: CachedResponse, started: float) -> Response:
     headers["X-Focus-Cache"] = "hit"
     headers["Server-Timing"] = f"total;dur={_ms(time.perf_counter() - started)}"
     return Response(cached.content, media_type=cached.media_type, headers=headers)
-
-
-async def _zoom_pass(
-    request: Request,
-    state: ServiceState,
-    loaded: LoadedModel,
-    zoom: ZoomDecision | None,
-    deadline: float,
-    timeout: float,
-) -> tuple[Outputs | None, Ticket | None]:
-    """zoom=auto: the second network pass on the crop, through the same batcher and deadline
-    (nothing when zoom is off or the first pass found no small object)."""
-    if zoom is None or zoom.crop is None:
-        return None, None
-    crop = zoom.crop.image.inputs
-    _before(deadline, timeout, "the zoom pass", loaded.task, state)
-    ticket = loaded.batcher.submit(crop.image, crop.edges, deadline)
-    return await _await_outputs(ticket, request, deadline, timeout), ticket
 
 
 def _headers(
@@ -393,7 +328,7 @@ def _headers(
         "X-Focus-Backend": loaded.backend.name,
         "X-Focus-Batch-Size": str(timing.batch_size),
         "X-Focus-Model-Version": str(loaded.entry.version),
-        **response_headers(image, info),
+        **response_headers(network_input(image), info),
     }
 
 
@@ -401,11 +336,9 @@ async def _segment_on(
     request: Request,
     state: ServiceState,
     loaded: LoadedModel,
-    fmt: str,
-    threshold: float | None,
+    options: SegmentOptions,
     timeout: float,
     permit: Permit,
-    options: Options,
 ) -> Response:
     started = time.perf_counter()
     settings = state.settings
@@ -418,48 +351,46 @@ async def _segment_on(
         cached = state.cache.get(key, loaded.task)
         if cached is not None:
             return _cached_response(cached, started)
+    stage_metrics = {
+        "preprocess": metrics.preprocess_duration,
+        "postprocess": metrics.postprocess_duration,
+    }
 
-    t0 = time.perf_counter()
-    image = await _cpu_stage(
-        state, deadline, timeout, "decoding", task, _prepare, data, loaded, settings.max_pixels
-    )
-    preprocess_s = time.perf_counter() - t0
-    metrics.preprocess_duration.labels(task=loaded.task).observe(preprocess_s)
+    async def run_cpu(stage: str, func: Callable[..., T], *args: Any) -> T:
+        return await _cpu_stage(state, deadline, timeout, stage, task, func, *args)
 
-    _before(deadline, timeout, "queueing", task, state)
-    ticket = loaded.batcher.submit(image.inputs.image, image.inputs.edges, deadline)
-    outputs = await _await_outputs(ticket, request, deadline, timeout)
+    passes: list[PreparedImage] = []  # the image, then the zoom pass's crop (zoom=auto)
 
-    t1 = time.perf_counter()
-    result, zoom = await _cpu_stage(
-        state, deadline, timeout, "post-processing", task,
-        _first_pass, image, outputs, fmt, threshold, options, loaded,
-    )  # fmt: skip
-    t_wait = time.perf_counter()
-    zoom_outputs, zoom_ticket = await _zoom_pass(request, state, loaded, zoom, deadline, timeout)
-    t1 += time.perf_counter() - t_wait  # the wait counts as queue/compute, not postprocess
-    encoded, info = await _cpu_stage(
-        state, deadline, timeout, "post-processing", task,
-        _finish, image, result, fmt, threshold, options, zoom, zoom_outputs,
-    )  # fmt: skip
-    postprocess_s = time.perf_counter() - t1
-    metrics.postprocess_duration.labels(task=loaded.task).observe(postprocess_s)
-    total_s = time.perf_counter() - started
+    async def infer(image: PreparedImage) -> Inference:
+        _before(deadline, timeout, "the zoom pass" if passes else "queueing", task, state)
+        passes.append(image)
+        ticket = loaded.batcher.submit(image.inputs.image, image.inputs.edges, deadline)
+        class_probs, mask_logits = await _await_outputs(ticket, request, deadline, timeout)
+        return Inference(
+            class_probs, mask_logits, ticket.queue_s, ticket.compute_s, ticket.batch_size
+        )
 
-    timing = Timing(
-        preprocess_ms=_ms(preprocess_s),
-        queue_ms=_ms(ticket.queue_s + (zoom_ticket.queue_s if zoom_ticket else 0.0)),
-        compute_ms=_ms(ticket.compute_s + (zoom_ticket.compute_s if zoom_ticket else 0.0)),
-        postprocess_ms=_ms(postprocess_s),
-        total_ms=_ms(total_s),
-        batch_size=max(ticket.batch_size, 1),
-    )
+    try:
+        segmented = await segment_bytes(
+            data,
+            loaded.backend.card,
+            options,
+            infer=infer,
+            max_pixels=settings.max_pixels,
+            run_cpu=run_cpu,
+            observe=lambda stage, s: stage_metrics[stage].labels(task=task).observe(s),
+            started=started,
+        )
+    except (ImageDecodeError, ImageTooLargeError) as exc:
+        raise _image_error(exc) from None
+    image, encoded, timing = segmented.image, segmented.encoded, segmented.timing
+    info = segmented.refinement
     backend = loaded.backend
     headers = _headers(timing, loaded, image, info)
-    if fmt != "json":
+    if options.fmt != "json":
         response = Response(encoded.content, media_type=encoded.media_type, headers=headers)
     else:
-        body = json_result(loaded.task, image, encoded, threshold, backend, timing,
+        body = json_result(loaded.task, image, encoded, options.threshold, backend, timing,
                            repository_version=loaded.entry.version,
                            refinement=info)  # fmt: skip
         response = JSONResponse(body.model_dump(mode="json"), headers=headers)
@@ -490,8 +421,9 @@ async def segment_by_query(
     zoom: ZoomQuery = "off",
     decontaminate: DecontaminateQuery = False,
 ) -> Response:
-    options = Options(refine=refine, zoom=zoom, decontaminate=decontaminate, encoding=encoding)
-    return await _segment(request, state, task, fmt, threshold, timeout, options)
+    options = SegmentOptions(fmt=fmt, threshold=threshold, refine=refine, zoom=zoom,
+                             decontaminate=decontaminate, encoding=encoding)  # fmt: skip
+    return await _segment(request, state, task, timeout, options)
 
 
 @router.post(
@@ -513,5 +445,6 @@ async def segment_by_path(
     zoom: ZoomQuery = "off",
     decontaminate: DecontaminateQuery = False,
 ) -> Response:
-    options = Options(refine=refine, zoom=zoom, decontaminate=decontaminate, encoding=encoding)
-    return await _segment(request, state, task, fmt, threshold, timeout, options)
+    options = SegmentOptions(fmt=fmt, threshold=threshold, refine=refine, zoom=zoom,
+                             decontaminate=decontaminate, encoding=encoding)  # fmt: skip
+    return await _segment(request, state, task, timeout, options)

@@ -237,7 +237,7 @@ def test_image_over_max_pixels_is_refused_from_its_header(make_settings) -> None
 
 
 def test_deadline_is_checked_before_decoding(make_settings, monkeypatch, png_320x240) -> None:
-    import service.routes.segment as segment_route
+    import service.pipeline as segment_route  # segment_bytes, which the route runs
 
     decoded: list[int] = []
     real_prepare = segment_route.prepare

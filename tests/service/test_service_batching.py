@@ -334,7 +334,7 @@ def test_graceful_shutdown_drains_the_queue(make_settings, png_320x240: bytes) -
 def test_preprocessing_and_encoding_run_off_the_event_loop(
     make_settings, png_320x240: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import service.routes.segment as segment_route
+    import service.pipeline as segment_route  # segment_bytes, which the route runs
 
     threads: dict[str, int] = {}
     real_prepare, real_encode = segment_route.prepare, segment_route.encode
