@@ -8,7 +8,10 @@ cache where ``FOCUS_CACHE_MB`` enables it, decodes and preprocesses in the threa
 the inputs in the version's batcher, waits for the outputs (or the deadline:
 ``FOCUS_TIMEOUT_S``, lowered by ``X-Focus-Timeout-Ms``; or the client going away), and builds
 the mask and its encoding in the thread pool again. The deadline is checked before every CPU
-stage.
+stage. The chain itself is ``service.pipeline.segment_bytes`` (shared with ``focus segment``);
+this module supplies its batcher, thread pool, deadline checks and cache, and refuses options
+not offered for the task (422, ``service.refinement.check_options``) before admission. With
+``zoom=auto`` the crop's second pass goes through the same batcher and deadline.
 """
 
 from __future__ import annotations

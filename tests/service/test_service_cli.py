@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from service_testing import free_port, image_bytes
@@ -254,3 +255,41 @@ def test_segment_skips_its_results_folder_inside_the_input(model_repository, fol
         assert _segment(model_repository, "--input", str(folder), "--output", str(out)) == 0
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
     assert written == ["a.png", "a_png.png", "sub/b.png"]
+
+
+def test_segment_in_place_safety_covers_other_encodings(model_repository, tmp_path, capsys):
+    webp = tmp_path / "a.webp"
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(webp, "WEBP", lossless=True)
+    original = webp.read_bytes()
+    (tmp_path / "b.png").write_bytes(image_bytes(30, 40, seed=9))
+    argv = ("--input", str(tmp_path), "--output", str(tmp_path), "--format", "webp")
+    assert _segment(model_repository, *argv) == 2  # a.webp's mask would be a.webp
+    assert f"the result for {webp} would replace that input file" in capsys.readouterr().err
+    assert webp.read_bytes() == original and not (tmp_path / "b.webp").exists()
+    assert _segment(model_repository, *argv, "--overwrite") == 0
+    assert Image.open(webp).format == "WEBP" and Image.open(tmp_path / "b.webp").size == (40, 30)
+
+
+def test_segment_never_writes_a_mask_video_over_its_video(model_repository, tmp_path, capsys):
+    import cv2
+
+    clip = tmp_path / "clip.mkv"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"FFV1"), 5.0, (64, 48), True)
+    assert writer.isOpened()
+    for k in range(3):
+        writer.write(np.full((48, 64, 3), 40 * k, np.uint8))
+    writer.release()
+    original = clip.read_bytes()
+    for extra in ((), ("--overwrite",)):  # read while written: refused even when asked
+        code = _segment(
+            model_repository, "--input", str(clip), "--output", str(tmp_path), *extra
+        )
+        assert code == 2
+        err = capsys.readouterr().err
+        assert f"the result for {clip} would replace that input file" in err
+        assert "--overwrite to replace it" not in err
+    assert clip.read_bytes() == original
+    # another codec's container is another name: no clash
+    code = _segment(model_repository, "--input", str(clip), "--output", str(tmp_path),
+                    "--video-codec", "mp4v")  # fmt: skip
+    assert code == 0 and (tmp_path / "clip.mp4").is_file() and clip.read_bytes() == original

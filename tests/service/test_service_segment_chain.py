@@ -81,3 +81,36 @@ def test_chain_raises_the_decoders_error_before_inferring(backend) -> None:
 def test_options_are_validated(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         SegmentOptions(**kwargs)
+
+
+def _disc_png(height: int, width: int, radius: int) -> bytes:
+    """A bright disc on dark noise: the salient demo model finds it (see test_service_refine)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = rng.integers(0, 120, (height, width, 3), dtype=np.uint8)
+    rgb[(yy - 0.45 * height) ** 2 + (xx - 0.55 * width) ** 2 < radius * radius] = (250, 200, 40)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_chain_runs_the_zoom_pass_through_the_same_infer(backend) -> None:
+    seen: list = []
+    data = _disc_png(900, 1200, 60)  # a small object: the zoom pass runs
+    options = SegmentOptions(fmt="png", zoom="auto", refine="guided", encoding="webp")
+    result = asyncio.run(segment_bytes(
+        data, backend.card, options, infer=_infer(backend, seen), max_pixels=10**7,
+    ))  # fmt: skip
+    assert len(seen) == 2 and seen[0] == result.image.inputs.padded_size  # image, then crop
+    zoom = result.refinement.zoom
+    assert result.refinement.refine == "guided" and zoom is not None and zoom.ran
+    assert zoom.crop is not None and zoom.crop.width < 1200 and zoom.crop.height < 900
+    t = result.timing  # both passes' queue and compute, the first pass's batch
+    assert (t.queue_ms, t.compute_ms, t.batch_size) == (500.0, 1000.0, 3)
+    assert result.encoded.media_type == "image/webp"
+    assert Image.open(io.BytesIO(result.encoded.content)).size == (1200, 900)
+    plain = asyncio.run(segment_bytes(
+        data, backend.card, SegmentOptions(fmt="png", encoding="webp"),
+        infer=_infer(backend, []), max_pixels=10**7,
+    ))  # fmt: skip
+    assert plain.refinement.zoom is None and plain.encoded.content != result.encoded.content
