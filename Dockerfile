@@ -23,14 +23,21 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md focus_cli.py ./
+# Dependencies first, read from pyproject.toml (the single place they are declared, with their
+# version bounds), so a change to the sources alone reuses this layer instead of downloading again.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); \
+print(*p['build-system']['requires'], *p['project']['dependencies'], sep='\n')" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+COPY README.md focus_cli.py ./
 COPY models/ models/
 COPY training/ training/
 COPY export/ export/
 COPY service/ service/
-# Versions are bounded in pyproject.toml, the single place dependencies are declared.
-# hadolint ignore=DL3013
-RUN pip install . \
+RUN pip install --no-deps --no-build-isolation . \
+    && pip check \
     && python -c "import onnxruntime, service" \
     && ! python -c "import torch" 2>/dev/null
 

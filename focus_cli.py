@@ -17,6 +17,8 @@ import logging
 import sys
 
 _SUBCOMMAND_MODULES = ("training.cli", "export.cli", "models.cli", "service.cli")
+# This project's own top-level modules: one of them missing is a bug, never an optional extra.
+_OWN_PACKAGES = frozenset({"models", "training", "export", "service", "focus_cli"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
             # A package whose optional dependencies are missing (e.g. no torch in the service
-            # image) simply contributes no subcommands; say so at debug level.
+            # image) simply contributes no subcommands; say so at debug level. A broken import
+            # inside this project is re-raised: silently losing a subcommand hides the bug.
+            if exc.name is None or exc.name.split(".")[0] in _OWN_PACKAGES:
+                raise
             logging.getLogger(__name__).debug("skipping %s: %s", name, exc)
             continue
         module.register(subparsers)

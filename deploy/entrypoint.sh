@@ -5,11 +5,12 @@
 #   entrypoint.sh CMD [ARGS...]     exec `focus CMD ARGS...` (segment, export, ...)
 #
 # TensorRT engines are specific to the GPU model and TensorRT version, so they are not shipped in
-# the image: at start, for every <repository>/<task>/model.onnx without an engine at
-# $FOCUS_ENGINE_CACHE/<task>/model.engine, this builds one into the cache (a volume, so the cost is
-# paid once per GPU). It only tries where a GPU is visible and TensorRT imports; otherwise, or if
-# a build fails, it logs why and serves anyway (the service then picks another backend for that
-# task, or refuses to start if FOCUS_REQUIRE_GPU=true says it must).
+# the image: at start, for every task whose served version has a model.onnx but no engine at
+# $FOCUS_ENGINE_CACHE/<task>/<version>/model.engine (where the service looks), this builds one
+# into the cache (a volume, so the cost is paid once per GPU). It only tries where a GPU is
+# visible and TensorRT imports; otherwise, or if a build fails, it logs why and serves anyway
+# (the service then picks another backend for that task, or refuses to start if
+# FOCUS_REQUIRE_GPU=true says it must).
 set -euo pipefail
 
 log() { printf '%s entrypoint: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
@@ -28,23 +29,49 @@ gpu_and_tensorrt() {
     fi
 }
 
+# One line per task the service will serve, "<task> TAB <model.onnx> TAB <engine>", computed by
+# the package itself from the service's settings: models/repository.py picks the version (flat or
+# <task>/<version>/ layout, FOCUS_MODEL_VERSIONS pins where the settings have them) and
+# models/contract.py says where that version's engine is cached, which is where the TensorRT
+# backend looks for it.
+engine_plan() {
+    python3 - <<'PY'
+import sys
+
+from models.contract import ONNX_FILE, engine_cache_path
+from models.repository import RepositoryError, scan_repository
+from service.settings import Settings
+
+try:
+    settings = Settings()
+    pins = getattr(settings, "pinned_versions", None)
+    entries = scan_repository(settings.model_repository, pins)
+except (RepositoryError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+    sys.exit(str(exc))
+for task, entry in sorted(entries.items()):
+    if entry.has(ONNX_FILE):
+        engine = engine_cache_path(settings.engine_cache, task, entry.version)
+        print(task, entry.path(ONNX_FILE), engine, sep="\t")
+PY
+}
+
 build_missing_engines() {
-    local onnx task engine partial
-    shopt -s nullglob
-    local models=("$repository"/*/model.onnx)
-    shopt -u nullglob
-    if [ "${#models[@]}" -eq 0 ]; then
-        log "no ONNX models under $repository; nothing to build"
-        return 0
-    fi
+    local plan task onnx engine partial
     if [ "${FOCUS_BACKEND:-auto}" != auto ] && [ "${FOCUS_BACKEND:-auto}" != tensorrt ]; then
         log "FOCUS_BACKEND=${FOCUS_BACKEND} does not use TensorRT; not building engines"
         return 0
     fi
     gpu_and_tensorrt || return 0
-    for onnx in "${models[@]}"; do
-        task="$(basename "$(dirname "$onnx")")"
-        engine="$cache/$task/model.engine"
+    if ! plan="$(engine_plan)"; then
+        log "could not read the model repository $repository; not building engines"
+        return 0
+    fi
+    if [ -z "$plan" ]; then
+        log "no ONNX models under $repository; nothing to build"
+        return 0
+    fi
+    # fd 3 carries the plan, so nothing a build runs can read it from stdin
+    while IFS=$'\t' read -r -u 3 task onnx engine; do
         if [ -s "$engine" ]; then
             log "$task: engine present at $engine"
             continue
@@ -62,7 +89,7 @@ build_missing_engines() {
             log "$task: TensorRT build failed; serving this task with another backend"
         fi
         rm -rf "$partial" 2>/dev/null || true
-    done
+    done 3<<<"$plan"
 }
 
 # ----------------------------------------------------------------------------- FOCUS_PULL

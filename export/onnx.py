@@ -110,6 +110,8 @@ def trace(model: nn.Module, card: ModelCard, opset: int = 18) -> Any:
             optimize=False,  # the onnxscript rewriter takes minutes; export.graph.simplify instead
             verbose=False,
         )
+    if program is None:  # only the legacy TorchScript exporter (dynamo=False) returns None
+        raise RuntimeError("torch.onnx.export returned no program")
     return program.model
 
 
@@ -318,7 +320,6 @@ def export_checkpoint(
     beside ``out_path`` under the final file name, since an external-data graph names its
     ``.data`` file relatively.
     """
-    from export.parity import FP16, FP32, check_parity, onnxruntime_predictor, torch_predictor
     from models.checkpoint import load_checkpoint
 
     out_path = Path(out_path)
@@ -331,35 +332,15 @@ def export_checkpoint(
     shutil.rmtree(staging_dir, ignore_errors=True)
     (staging_dir / "fp16").mkdir(parents=True)
     staging, staging16 = staging_dir / out_path.name, staging_dir / "fp16" / out_path.name
-    reports: dict[str, Any] = {}
     try:
         export_onnx(model, card, staging, opset=opset, external_data=external_data, timings=timings)
         start = time.perf_counter()
-        if parity:
-            reference = torch_predictor(model)
-            reports["fp32"] = check_parity(
-                reference,
-                onnxruntime_predictor(staging),
-                card,
-                FP32,
-                images,
-                what=f"{out_path} (fp32)",
-            ).to_dict()
-        final = staging
-        if fp16:
-            derive_fp16(staging, staging16, external_data=external_data)
-            if parity:
-                reports["fp16"] = check_parity(
-                    reference,
-                    onnxruntime_predictor(staging16),
-                    card,
-                    FP16,
-                    images,
-                    what=f"{out_path} (fp16)",
-                ).to_dict()
-            final = staging16
+        reports = _check_parity(
+            model, card, staging, staging16 if fp16 else None, images, out_path,
+            parity=parity, external_data=external_data,
+        )
         timings["parity_s"] = time.perf_counter() - start
-        install_graph(final, out_path)
+        install_graph(staging16 if fp16 else staging, out_path)
     except BaseException as exc:
         failed = staging16 if staging16.is_file() else staging
         if isinstance(exc, AssertionError) and failed.is_file():  # ParityError: keep for study
@@ -382,3 +363,36 @@ def export_checkpoint(
         "total_s": round(time.perf_counter() - started, 1),
         "peak_rss_bytes": peak_rss_bytes(),
     }
+
+
+def _check_parity(
+    model: nn.Module,
+    card: ModelCard,
+    staging: Path,
+    staging16: Path | None,
+    images: list[list[Any]] | None,
+    out_path: Path,
+    *,
+    parity: bool,
+    external_data: bool | None,
+) -> dict[str, Any]:
+    """Parity of the staged fp32 graph against PyTorch and, with ``staging16``, derive the fp16
+    graph there and check it too; returns the reports by precision (empty without ``parity``).
+    Raises :class:`export.parity.ParityError` on a failure."""
+    from export.parity import FP16, FP32, check_parity, onnxruntime_predictor, torch_predictor
+
+    reports: dict[str, Any] = {}
+    reference = torch_predictor(model) if parity else None
+    if reference is not None:
+        reports["fp32"] = check_parity(
+            reference, onnxruntime_predictor(staging), card, FP32, images,
+            what=f"{out_path} (fp32)",
+        ).to_dict()
+    if staging16 is not None:
+        derive_fp16(staging, staging16, external_data=external_data)
+        if reference is not None:
+            reports["fp16"] = check_parity(
+                reference, onnxruntime_predictor(staging16), card, FP16, images,
+                what=f"{out_path} (fp16)",
+            ).to_dict()
+    return reports

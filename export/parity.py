@@ -184,7 +184,7 @@ def measure_parity(
         if len(shapes) != 1:
             raise ValueError(f"a parity group must share one padded shape, got {sorted(shapes)}")
         report.images += len(prepared)
-        runs = [[(i,) for i in range(len(prepared))]]  # batch 1, one run per image
+        runs: list[list[tuple[int, ...]]] = [[(i,) for i in range(len(prepared))]]  # batch 1
         if len(prepared) > 1:
             runs.append([tuple(range(len(prepared)))])  # one batch of all
         for batches in runs:
@@ -211,6 +211,7 @@ def measure_parity(
                     diff = np.abs(soft_r - soft_c)
                     report.soft_max_abs = max(report.soft_max_abs, float(diff.max()))
                     report.soft_mean_abs = max(report.soft_mean_abs, float(diff.mean()))
+                    assert bin_r is not None and bin_c is not None  # with_binary=True
                     report.min_iou = min(report.min_iou, _iou(bin_r, bin_c))
                     report.runs += 1
     t = tolerance

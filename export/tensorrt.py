@@ -434,7 +434,10 @@ def build_engine(
         tensorrt_version=str(trt.__version__),
         precision=precision,
         max_batch=max_batch,
-        profile={name: profile.to_dict() for name in INPUT_NAMES},
+        profile={
+            name: {"min": profile.min, "opt": profile.opt, "max": profile.max}
+            for name in INPUT_NAMES
+        },
         onnx=onnx_path.name,
         build_seconds=time.perf_counter() - start,
     )

@@ -85,7 +85,7 @@ def check_python_path(entries: tuple[str, ...]) -> None:
 def network_io(card: ModelCard) -> tuple[list[Tensor], list[Tensor]]:
     """The ONNX contract's inputs and outputs without the batch dimension."""
     q, k = card.config.num_queries, card.config.num_classes
-    inputs = [
+    inputs: list[Tensor] = [
         (INPUT_NAMES[0], "TYPE_FP32", (3, -1, -1)),
         (INPUT_NAMES[1], "TYPE_FP32", (3, -1, -1)),
     ]

@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, help=f"task or alias ({', '.join(TASKS)})")
     p.add_argument("--preset", required=True, choices=list(PRESETS))
     p.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
+    p.add_argument("--version", default=None,
+                   help="focus.json version string (default: UTC date + hash of the weights)")
     p.set_defaults(func=_cmd_import)
 
 
@@ -32,7 +34,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from models.tasks import UnknownTaskError
 
     try:
-        out = import_official(args.weights, args.task, args.preset, args.out)
+        out = import_official(args.weights, args.task, args.preset, args.out, args.version)
     except (CheckpointError, UnknownTaskError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

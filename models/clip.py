@@ -190,6 +190,8 @@ class ClipModel(nn.Module):
         width, layers, heads: text transformer size (512, 12, 8).
     """
 
+    causal_mask: Tensor  # a buffer (register_buffer)
+
     def __init__(
         self,
         *,
@@ -221,10 +223,11 @@ class ClipModel(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         width, layers = self.transformer.width, self.transformer.layers
         for block in self.transformer.resblocks:
-            nn.init.normal_(block.attn.in_proj_weight, std=width**-0.5)
-            nn.init.normal_(block.attn.out_proj.weight, std=width**-0.5 * (2 * layers) ** -0.5)
-            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
-            nn.init.normal_(block.mlp.c_proj.weight, std=width**-0.5 * (2 * layers) ** -0.5)
+            w = dict(block.named_parameters())
+            nn.init.normal_(w["attn.in_proj_weight"], std=width**-0.5)
+            nn.init.normal_(w["attn.out_proj.weight"], std=width**-0.5 * (2 * layers) ** -0.5)
+            nn.init.normal_(w["mlp.c_fc.weight"], std=(2 * width) ** -0.5)
+            nn.init.normal_(w["mlp.c_proj.weight"], std=width**-0.5 * (2 * layers) ** -0.5)
         nn.init.normal_(self.text_projection, std=width**-0.5)
 
     def text_hidden_states(self, tokens: Tensor) -> Tensor:
@@ -250,6 +253,9 @@ class ClipRefiner(nn.Module):
     checkpoint compatibility: the reference concatenates it to the text features and the decoder
     drops it again (``text_feature[:-1]``), so it only ever sees weight decay.
     """
+
+    pixel_mean: Tensor  # buffers (register_buffer)
+    pixel_std: Tensor
 
     def __init__(self, *, clip_model: ClipModel) -> None:
         super().__init__()

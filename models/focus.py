@@ -11,6 +11,8 @@ padded and edge-mapped by ``models.processing``; the outputs follow the ONNX con
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -33,7 +35,9 @@ class Focus(nn.Module):
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
 
-    def forward(self, image: Tensor, edges: Tensor, clip_text: Tensor | None = None):
+    def forward(
+        self, image: Tensor, edges: Tensor, clip_text: Tensor | None = None
+    ) -> tuple[Tensor, Tensor] | dict[str, Any]:
         """image, edges: [B, 3, H, W] (H, W multiples of 32).
 
         Eval: (class_probs [B, Q, 2] = softmax without the no-object column,

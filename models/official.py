@@ -9,6 +9,7 @@ without ``_metadata`` is deliberately not reproduced.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -37,8 +38,11 @@ def convert_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-def import_official(weights: str | Path, task: str, preset: str, out: str | Path) -> Path:
-    """Strictly load ``weights`` into ``preset`` and write our checkpoint directory."""
+def import_official(
+    weights: str | Path, task: str, preset: str, out: str | Path, version: str | None = None
+) -> Path:
+    """Strictly load ``weights`` into ``preset`` and write our checkpoint directory
+    (``version``: the card's; None lets ``save_checkpoint`` stamp date + weights hash)."""
     config = get_preset(preset)
     model = build_focus(config)
     state = convert_official_state_dict(read_official_file(weights))
@@ -49,4 +53,6 @@ def import_official(weights: str | Path, task: str, preset: str, out: str | Path
         config,
         provenance={"imported_from": Path(weights).name, "format": "detectron2"},
     )
+    if version is not None:
+        card = dataclasses.replace(card, version=version)
     return save_checkpoint(model, card, out)

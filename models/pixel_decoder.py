@@ -124,12 +124,12 @@ class PixelDecoder(nn.Module):
             for _ in range(3)
         )
         for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.constant_(proj[0].bias, 0)
+            nn.init.xavier_uniform_(proj.get_parameter("0.weight"), gain=1)
+            nn.init.constant_(proj.get_parameter("0.bias"), 0)
         self.transformer = EncoderOnly(conv_dim, enc_ffn_dim, enc_layers, 3, enc_heads, enc_points)
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=1)
         nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
-        nn.init.constant_(self.mask_features.bias, 0)
+        nn.init.constant_(self.mask_features.get_parameter("bias"), 0)
         self.adapter_1 = ConvNorm(in_dim, conv_dim, 1, norm_groups, relu=False)
         self.layer_1 = ConvNorm(conv_dim, conv_dim, 3, norm_groups, relu=True)
 

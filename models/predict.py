@@ -69,4 +69,5 @@ def predict(model: nn.Module, card: ModelCard, rgb: np.ndarray) -> tuple[np.ndar
         prepared.resized_size,
         prepared.original_size,
     )
+    assert binary is not None  # with_binary defaults to True
     return soft, binary

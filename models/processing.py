@@ -97,7 +97,7 @@ def resize_image(rgb: np.ndarray, short_side: int, max_size: int) -> np.ndarray:
     new_h, new_w = resized_size(h, w, short_side, max_size)
     if (new_h, new_w) == (h, w):
         return np.ascontiguousarray(rgb)
-    return np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR))
 
 
 def normalise_and_pad(

@@ -193,6 +193,12 @@ def _clutter(rng: np.random.Generator, img: np.ndarray, count: int, alpha: float
     return img * (1 - alpha) + layer * alpha
 
 
+def _scaled(area: tuple[float, float], scale: float) -> tuple[float, float]:
+    """The object's area range times ``scale`` (< 1: small objects, e.g. for the zoom
+    benchmark); the same draws are made, so ``scale=1`` gives the usual samples."""
+    return (area[0] * scale, area[1] * scale)
+
+
 def _finish(img: np.ndarray) -> np.ndarray:
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
@@ -209,10 +215,12 @@ def _scene(rng: np.random.Generator, h: int, w: int, objects: int = 3) -> np.nda
 # ----------------------------------------------------------------------------- tasks
 
 
-def synth_salient(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def synth_salient(
+    rng: np.random.Generator, h: int, w: int, object_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     back = render_texture(rng, random_style(rng, saturation=0.35), h, w)
     back = _clutter(rng, back, int(rng.integers(10, 30)), float(rng.uniform(0.3, 0.7)))
-    mask = random_shape(rng, h, w, area=(0.08, 0.35))
+    mask = random_shape(rng, h, w, area=_scaled((0.08, 0.35), object_scale))
     # A colour far from the background: opposite hue, high saturation, lightness pushed away.
     mean = back.reshape(-1, 3).mean(0).astype(np.uint8)[None, None]
     hsv = cv2.cvtColor(mean, cv2.COLOR_RGB2HSV)[0, 0].astype(np.float32)
@@ -225,10 +233,12 @@ def synth_salient(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray,
     return _finish(_compose(back, front, _soft(mask, 0.6))), mask
 
 
-def synth_camouflage(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def synth_camouflage(
+    rng: np.random.Generator, h: int, w: int, object_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     style = random_style(rng)
     back = render_texture(rng, style, h, w)
-    mask = random_shape(rng, h, w, area=(0.06, 0.3))
+    mask = random_shape(rng, h, w, area=_scaled((0.06, 0.3), object_scale))
     # Same style, slightly finer or coarser, with a small tone shift: never identical.
     scale = rng.uniform(0.7, 0.85) if rng.random() < 0.5 else rng.uniform(1.2, 1.45)
     front = render_texture(rng, style, h, w, scale=float(scale))
@@ -239,9 +249,13 @@ def synth_camouflage(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarr
     return _finish(_compose(back, front, _soft(mask, 0.7))), mask
 
 
-def synth_shadow(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def synth_shadow(
+    rng: np.random.Generator, h: int, w: int, object_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     scene = _scene(rng, h, w, objects=int(rng.integers(1, 4)))
-    shape = random_shape(rng, h, w, area=(0.08, 0.35), holes=0.3, limbs=0.5)
+    shape = random_shape(
+        rng, h, w, area=_scaled((0.08, 0.35), object_scale), holes=0.3, limbs=0.5
+    )
     soft = _soft(shape, float(rng.uniform(1.5, 5.0)))
     strength = rng.uniform(0.35, 0.65)
     tint = np.array([1.0, 0.95, 0.8], np.float32)  # shadows lose less blue (sky light)
@@ -249,10 +263,14 @@ def synth_shadow(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, 
     return _finish(image), soft > 0.5
 
 
-def synth_defocus(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def synth_defocus(
+    rng: np.random.Generator, h: int, w: int, object_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     sharp = _clutter(rng, _scene(rng, h, w, objects=int(rng.integers(2, 5))), 40, 0.8)
     sharp += rng.normal(0, 4, (h, w, 1)).astype(np.float32)
-    focus = random_shape(rng, h, w, area=(0.15, 0.5), holes=0.2, limbs=0.4)
+    focus = random_shape(
+        rng, h, w, area=_scaled((0.15, 0.5), object_scale), holes=0.2, limbs=0.4
+    )
     near, far = float(rng.uniform(1.5, 3.0)), float(rng.uniform(3.5, 7.0))
     b1 = cv2.GaussianBlur(sharp, (0, 0), near)
     b2 = cv2.GaussianBlur(sharp, (0, 0), far)
@@ -267,14 +285,21 @@ def _match_colour(patch: np.ndarray, target: np.ndarray, where: np.ndarray) -> n
     return (patch - p.mean(0)) / (p.std(0) + 1e-3) * t.std(0) + t.mean(0)
 
 
-def synth_forgery(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def synth_forgery(
+    rng: np.random.Generator, h: int, w: int, object_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     base = _scene(rng, h, w, objects=int(rng.integers(2, 5)))
     base += rng.normal(0, rng.uniform(2, 5), (h, w, 3)).astype(np.float32)  # camera noise
-    mask = random_shape(rng, h, w, area=(0.04, 0.2), holes=0.3, limbs=0.4)
+    mask = random_shape(
+        rng, h, w, area=_scaled((0.04, 0.2), object_scale), holes=0.3, limbs=0.4
+    )
+    patch: np.ndarray
     if rng.random() < 0.5:  # copy-move: a rescaled copy of another part of this image
         s = float(rng.uniform(0.8, 1.25))
         dx, dy = rng.uniform(-0.4, 0.4) * w, rng.uniform(-0.4, 0.4) * h
-        m = np.float32([[s, 0, (1 - s) * w / 2 + dx], [0, s, (1 - s) * h / 2 + dy]])
+        m = np.array(
+            [[s, 0, (1 - s) * w / 2 + dx], [0, s, (1 - s) * h / 2 + dy]], dtype=np.float32
+        )
         patch = cv2.warpAffine(
             base, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
         )
@@ -286,7 +311,8 @@ def synth_forgery(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray,
     return _finish(_compose(base, patch, _soft(mask, 0.6))), mask
 
 
-GENERATORS: dict[str, Callable[[np.random.Generator, int, int], tuple[np.ndarray, np.ndarray]]] = {
+# Each is (rng, h, w, object_scale=1.0) -> (image, mask).
+GENERATORS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
     "salient": synth_salient,
     "camouflage": synth_camouflage,
     "shadow": synth_shadow,
@@ -300,16 +326,19 @@ def _rng(task: str, seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(task.encode()), int(index)])
 
 
-def sample(task: str, index: int, seed: int = 0, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def sample(
+    task: str, index: int, seed: int = 0, size: int = 256, object_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Sample ``index`` of the synthetic ``task`` set: (uint8 HxWx3 RGB, bool HxW mask).
 
     The short side is ``size``; the long side is up to 1.4x longer, in either orientation.
+    ``object_scale`` multiplies the object's area range (1: the training distribution).
     """
     task = canonical_task(task)
     rng = _rng(task, seed, index)
     long = int(round(size * rng.uniform(1.0, 1.4)))
     h, w = (size, long) if rng.random() < 0.5 else (long, size)
-    image, mask = GENERATORS[task](rng, h, w)
+    image, mask = GENERATORS[task](rng, h, w, object_scale=object_scale)
     return image, mask
 
 

@@ -14,12 +14,17 @@ inference.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.layers import MLP
 from models.position import sine_position_encoding
+
+if TYPE_CHECKING:
+    from models.clip import ClipRefiner
 
 
 class SelfAttentionLayer(nn.Module):
@@ -92,7 +97,7 @@ class MaskedTransformerDecoder(nn.Module):
         dec_layers: int,
         mask_dim: int,
         num_classes: int,
-        clip_refiner: nn.Module | None = None,
+        clip_refiner: ClipRefiner | None = None,
         text_embed: nn.Module | None = None,
         image_embed: nn.Module | None = None,
     ) -> None:
@@ -145,6 +150,8 @@ class MaskedTransformerDecoder(nn.Module):
         clip_text: Tensor,
     ) -> dict[str, Tensor]:
         """Region features of each query's mask and the text features of its predicted class."""
+        assert self.clip_refiner is not None and self.text_embed is not None
+        assert self.image_embed is not None  # forward() calls this only with CLIP modules
         size = self.clip_refiner.image_size
         masks = torch.sigmoid(
             F.interpolate(outputs_mask, size=(size, size), mode="bilinear", align_corners=False)
@@ -207,6 +214,7 @@ class MaskedTransformerDecoder(nn.Module):
         for dec_out, cls, masks in predictions:
             out = {"pred_logits": cls, "pred_masks": masks, "pred_boxes": self.bbox_embed(dec_out)}
             if use_clip:
+                assert images is not None and clip_text is not None  # use_clip checked clip_text
                 out["pred_queries"] = self._clip_features(dec_out, cls, masks, images, clip_text)
             outs.append(out)
         result = dict(outs[-1])

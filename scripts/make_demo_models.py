@@ -7,12 +7,14 @@ For each task: ``focus data synth`` writes a training split (seed 0) and a held-
 CPU-friendly settings ``training.config.TINY_CPU`` (input short side 128, lr 1e-3 with
 the backbone at the full rate, grad clip 1.0, drop-path 0.1, 1024 loss points), evaluates on the
 held-out split, exports ONNX with the PyTorch parity check and publishes
-``model_repository/<task>/{focus.json, model.onnx, pipeline.json}``. These models have only ever
-seen synthetic images: they demonstrate the service, they are not useful on photographs.
+``model_repository/<task>/{focus.json, model.onnx, model.safetensors, pipeline.json}``, the
+checkpoint with its inference weights only (the training-only modules dropped, as
+``models.checkpoint.save_inference_weights`` writes them). These models have only ever seen
+synthetic images: they demonstrate the service, they are not useful on photographs.
 
-Then the precision variants (``--variants``, default on; ``scripts/make_demo_variants.py`` alone
-rebuilds them): ``model.int8.onnx`` (ONNX Runtime dynamic int8) and OpenVINO bf16 on
-``model.onnx`` (no IR, to keep the repository small), each gated against fp32 in focus.json.
+Then the precision variants (``--no-variants`` skips them; ``scripts/make_demo_variants.py``
+alone rebuilds them): ``model.int8.onnx`` (ONNX Runtime dynamic int8) and OpenVINO fp32 / bf16
+on ``model.onnx`` (no IR, to keep the repository small), each gated against fp32 in focus.json.
 """
 
 from __future__ import annotations
@@ -26,9 +28,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from export.pipeline import PipelineConfig, run_pipeline  # noqa: E402
+from models.checkpoint import is_training_only  # noqa: E402
+from models.contract import WEIGHTS_FILE  # noqa: E402
+from models.repository import scan_repository  # noqa: E402
 from models.synth import write_dataset  # noqa: E402
 from models.tasks import TASKS  # noqa: E402
 from training.config import TINY_CPU  # noqa: E402
+
+
+def keep_inference_weights(repository: Path, task: str) -> Path:
+    """Drop the training-only tensors from the ``model.safetensors`` just published."""
+    from safetensors.torch import load_file, save_file
+
+    weights = scan_repository(repository)[task].directory / WEIGHTS_FILE
+    state = {k: v for k, v in load_file(str(weights)).items() if not is_training_only(k)}
+    save_file(state, str(weights), metadata={"format": "pt", "inference": "1"})
+    return weights
 
 
 def main() -> int:
@@ -62,11 +77,13 @@ def main() -> int:
             num_points=TINY_CPU["num_points"],
             workers=TINY_CPU["workers"],
             tensorrt="off",
+            with_weights=True,
             work=work / task / "pipeline",
             train_options={**TINY_CPU, "max_seconds": args.minutes * 60, "progress": False},
         )
         try:
             run_pipeline(config, echo=print)
+            print(f"{task}: {keep_inference_weights(args.out, task)}: inference weights only")
         except Exception as exc:  # noqa: BLE001 - report every task, then fail
             print(f"{task}: FAILED: {exc}", file=sys.stderr)
             failed.append(task)

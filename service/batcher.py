@@ -1,45 +1,46 @@
 """Dynamic batching per task and padded input shape (text-embeddings-inference's queue design).
 
-One owner task per served task owns the queue; every request is a ``Ticket`` carrying its own
-``asyncio.Future``. The owner takes the oldest waiting ticket, then waits until
-``max_batch_size`` tickets *with the same padded shape* are queued or ``max_delay`` has passed
-since that oldest ticket arrived, and runs the backend on that batch in its own worker thread
-(one batch in flight per task; the event loop never blocks on inference).
+Every request is a ``Ticket`` carrying its own ``asyncio.Future``. A batcher keeps one queue of
+tickets per padded shape; the device's ``DeviceExecutor`` (``service/executor.py``) asks it for
+its next batch when the device is about to be free: up to ``max_batch_size`` tickets *with the
+same padded shape*, once that many are queued or ``max_delay`` has passed since the oldest
+arrived. The batcher owns no thread and no task: inference runs only in the executor.
 
 Batching only same-shape images keeps every mask independent of its batch-mates: no extra
 padding ever enters an image's input, so an image gives the same mask alone or in a burst
 (DESIGN "Batching").
 
 * The queue is bounded: ``submit`` raises 503 ``queue_full`` (with Retry-After) past
-  ``max_queue`` waiting tickets.
-* Tickets whose client went away or whose deadline passed are dropped before compute and
-  counted in ``focus_dropped_requests_total{reason}``.
-* A backend exception fails exactly the futures of that batch (500 ``backend_error``); the owner
-  carries on with the next batch, so the service stays ready.
-* ``stop`` refuses new tickets (503 ``shutting_down``), computes everything already queued, and
-  only then returns (graceful drain); tickets still queued after ``drain_timeout`` fail with 503.
+  ``max_queue`` waiting tickets. Only live tickets count: a ticket whose client went away or
+  whose deadline passed leaves the queue (and the batch being filled) at once, and is counted
+  in ``focus_dropped_requests_total{reason}``.
+* A backend exception fails exactly the futures of that batch (500 ``backend_error``); the
+  executor carries on with the next batch, so the service stays ready.
+* ``close`` refuses new tickets (503 ``shutting_down``); ``drain`` waits until every queued
+  ticket was computed; ``abort`` fails what could not be.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from service.backends.base import Backend
 from service.errors import ErrorCode, ServiceError
+from service.executor import DeviceExecutor
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 Outputs = tuple[np.ndarray, np.ndarray]  # (class_probs [2, 2], mask_logits [2, Hp/4, Wp/4])
+Shape = tuple[int, int]
 
 
 @dataclass(eq=False)
@@ -56,16 +57,20 @@ class Ticket:
     queue_s: float = 0.0
     compute_s: float = 0.0
     batch_size: int = 0
-    shape: tuple[int, int] = field(init=False)
+    queued: bool = True  # still in its batcher's queue (not yet taken for a batch)
+    leave: Callable[[Ticket], None] | None = field(default=None, repr=False)
+    shape: Shape = field(init=False)
 
     def __post_init__(self) -> None:
         self.shape = (int(self.image.shape[1]), int(self.image.shape[2]))
 
     def cancel(self, reason: str) -> None:
-        """Abandon the request (client gone, deadline); the owner drops it before compute."""
+        """Abandon the request (client gone, deadline); it leaves the queue at once."""
         if not self.future.done():
             self.cancel_reason = reason
             self.future.cancel()
+            if self.queued and self.leave is not None:
+                self.leave(self)  # now, not at the next loop turn: the queue never counts it
 
 
 class Batcher:
@@ -78,21 +83,24 @@ class Batcher:
         max_delay_s: float,
         max_queue: int,
         metrics: Metrics,
+        executor: DeviceExecutor,
     ) -> None:
         limit = backend.max_batch if backend.max_batch is not None else max_batch_size
         self.task = task
         self.backend = backend
+        self.executor = executor
         self.max_batch_size = max(1, min(max_batch_size, limit))
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self.metrics = metrics
-        self._pending: dict[tuple[int, int], deque[Ticket]] = {}
-        self._size = 0
+        self._pending: dict[Shape, deque[Ticket]] = {}
+        self._size = 0  # live tickets queued
+        self._inflight = 0  # batches taken by the executor and not finished yet
         self._seq = itertools.count()
-        self._wakeup = asyncio.Event()
         self._closing = False
-        self._owner: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"focus-{task}")
+        self._started = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._queue_depth = metrics.queue_depth.labels(task=task)
         self._queue_duration = metrics.queue_duration.labels(task=task)
         self._compute_duration = metrics.compute_duration.labels(task=task, backend=backend.name)
@@ -103,17 +111,16 @@ class Batcher:
 
     @property
     def queued(self) -> int:
+        """Live tickets waiting (abandoned ones are not counted)."""
         return self._size
 
     @property
     def running(self) -> bool:
-        return self._owner is not None and not self._owner.done()
+        return self._started and not self._closing and self.executor.running
 
     def start(self) -> None:
-        if self._owner is None:
-            self._owner = asyncio.get_running_loop().create_task(
-                self._run(), name=f"focus-batcher-{self.task}"
-            )
+        self._started = True
+        self.executor.register(self)
 
     def submit(self, image: np.ndarray, edges: np.ndarray, deadline: float) -> Ticket:
         """Queue one image; await ``ticket.future`` for its outputs."""
@@ -133,80 +140,78 @@ class Batcher:
             enqueued_at=time.perf_counter(),
             deadline=deadline,
             seq=next(self._seq),
+            leave=self._abandoned,
         )
+        ticket.future.add_done_callback(lambda _: self._abandoned(ticket))
         self._pending.setdefault(ticket.shape, deque()).append(ticket)
         self._size += 1
+        self._idle.clear()
         self._queue_depth.set(self._size)
-        self._wakeup.set()
+        self.executor.notify()
         return ticket
 
-    async def stop(self, drain_timeout: float) -> None:
-        """Refuse new tickets, compute the queued ones, then stop the owner and its thread."""
+    def close(self) -> None:
+        """Refuse new tickets; everything queued becomes ready for the executor at once."""
         self._closing = True
-        self._wakeup.set()
-        owner, self._owner = self._owner, None
-        if owner is not None and not owner.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(owner), drain_timeout)
-            except asyncio.TimeoutError:  # not the builtin before Python 3.11
-                logger.warning("%s: queue not drained after %.1fs", self.task, drain_timeout)
-                owner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await owner
-        elif owner is not None and not owner.cancelled() and owner.exception() is not None:
-            logger.error("%s: the batcher had stopped", self.task, exc_info=owner.exception())
-        for ticket in self._take_all():
+        self.executor.notify()
+
+    async def drain(self) -> None:
+        """Close, then wait until every queued ticket was computed and every batch finished."""
+        self.close()
+        await self._idle.wait()
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait until no batch of this batcher is assembled or computing; False on timeout."""
+        deadline = time.perf_counter() + timeout
+        while self._inflight > 0:
+            if time.perf_counter() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def abort(self, tickets: list[Ticket] | None = None) -> None:
+        """Fail ``tickets`` (a batch taken but never run) or every queued ticket with 503."""
+        if tickets is None:
+            tickets = [t for q in self._pending.values() for t in q]
+            self._pending.clear()
+            self._size = 0
+            self._queue_depth.set(0)
+        else:
+            self._inflight -= 1
+        for ticket in tickets:
+            ticket.queued = False
             if not ticket.future.done():
                 self.metrics.dropped.labels(task=self.task, reason="shutdown").inc()
                 ticket.future.set_exception(
                     ServiceError(ErrorCode.SHUTTING_DOWN, "the service is shutting down")
                 )
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._update_idle()
 
-    # ------------------------------------------------------------------ owner task
+    # ------------------------------------------------------------------ executor side
 
-    async def _run(self) -> None:
-        while True:
-            if self._size == 0:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            shape = self._oldest_shape()
-            await self._wait_for_batch(shape)
-            batch = self._take(shape)
-            if batch:
-                await self._compute(batch)
+    def _ready_time(self, queue: deque[Ticket]) -> float:
+        oldest = queue[0].enqueued_at
+        if self._closing or len(queue) >= self.max_batch_size:
+            return oldest
+        return oldest + self.max_delay_s
 
-    def _oldest_shape(self) -> tuple[int, int]:
-        return min(self._pending.items(), key=lambda kv: kv[1][0].seq)[0]
+    def ready_at(self) -> float | None:
+        """When this batcher's next batch is ready (may be in the past); None when empty."""
+        if not self._pending:
+            return None
+        return min(self._ready_time(q) for q in self._pending.values())
 
-    async def _wait_for_batch(self, shape: tuple[int, int]) -> None:
-        """Until the shape's queue holds a full batch or max_delay passed since its oldest."""
-        queue = self._pending[shape]
-        close_at = queue[0].enqueued_at + self.max_delay_s
-        while len(queue) < self.max_batch_size and not self._closing:
-            remaining = close_at - time.perf_counter()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except asyncio.TimeoutError:  # not the builtin before Python 3.11
-                return
-
-    def _take(self, shape: tuple[int, int]) -> list[Ticket]:
-        """Pop up to a batch of live tickets of ``shape``; drop abandoned and expired ones."""
+    def take(self, now: float) -> list[Ticket]:
+        """Pop the ready batch (up to max_batch_size live tickets of one shape)."""
+        shape = min(self._pending, key=lambda s: self._ready_time(self._pending[s]))
         queue = self._pending[shape]
         batch: list[Ticket] = []
-        now = time.perf_counter()
         while queue and len(batch) < self.max_batch_size:
             ticket = queue.popleft()
+            ticket.queued = False
             self._size -= 1
-            if ticket.future.done():  # cancelled by its waiter: client gone or deadline
-                reason = ticket.cancel_reason or "cancelled"
-                self.metrics.dropped.labels(task=self.task, reason=reason).inc()
+            if ticket.future.done():  # abandoned; its done-callback has not run yet
+                self._count_abandoned(ticket)
             elif now >= ticket.deadline:
                 self.metrics.dropped.labels(task=self.task, reason="deadline").inc()
                 ticket.future.set_exception(
@@ -217,41 +222,40 @@ class Batcher:
         if not queue:
             del self._pending[shape]
         self._queue_depth.set(self._size)
+        if batch:
+            self._inflight += 1
+        self._update_idle()
         return batch
 
-    def _take_all(self) -> list[Ticket]:
-        tickets = [t for q in self._pending.values() for t in q]
-        self._pending.clear()
-        self._size = 0
-        self._queue_depth.set(0)
-        return tickets
-
-    async def _compute(self, batch: list[Ticket]) -> None:
-        started = time.perf_counter()
+    def finish(
+        self,
+        batch: list[Ticket],
+        started: float,
+        *,
+        outputs: tuple[np.ndarray, np.ndarray] | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        """Resolve every future of a computed batch (or fail them all with the backend error)."""
+        self._inflight -= 1
+        n = len(batch)
         for ticket in batch:
             ticket.queue_s = started - ticket.enqueued_at
             self._queue_duration.observe(ticket.queue_s)
-        n = len(batch)
-        loop = asyncio.get_running_loop()
-        try:
-            if n == 1:
-                images, edges = batch[0].image[None], batch[0].edges[None]
-            else:
-                images = np.stack([t.image for t in batch])
-                edges = np.stack([t.edges for t in batch])
-            class_probs, mask_logits = await loop.run_in_executor(
-                self._executor, self.backend.infer, images, edges
+        if outputs is None:
+            logger.error(
+                "%s: %s failed on a batch of %d", self.task, self.backend.name, n, exc_info=error
             )
-        except Exception as exc:  # any backend failure fails this batch only
-            logger.exception("%s: %s failed on a batch of %d", self.task, self.backend.name, n)
+            name = type(error).__name__ if error is not None else "no outputs"
             message = (
                 f"the {self.backend.name} backend failed on this request's batch "
-                f"({type(exc).__name__}); see the server log"
+                f"({name}); see the server log"
             )
             for ticket in batch:
                 if not ticket.future.done():
                     ticket.future.set_exception(ServiceError(ErrorCode.BACKEND_ERROR, message))
+            self._update_idle()
             return
+        class_probs, mask_logits = outputs
         elapsed = time.perf_counter() - started
         self._compute_duration.observe(elapsed)
         self._batch_size.observe(n)
@@ -260,3 +264,42 @@ class Batcher:
             ticket.batch_size = n
             if not ticket.future.done():
                 ticket.future.set_result((class_probs[i], mask_logits[i]))
+        self._update_idle()
+
+    def skip(self, batch: list[Ticket]) -> None:
+        """A taken batch whose every ticket was abandoned before it ran: count, never compute."""
+        self._inflight -= 1
+        for ticket in batch:
+            self._count_abandoned(ticket)
+        self._update_idle()
+
+    # ------------------------------------------------------------------ internals
+
+    def _abandoned(self, ticket: Ticket) -> None:
+        """A cancelled ticket still queued leaves the queue (from ``cancel`` or its callback)."""
+        if not ticket.queued:
+            return
+        ticket.queued = False
+        queue = self._pending.get(ticket.shape)
+        if queue is not None:
+            try:
+                queue.remove(ticket)
+            except ValueError:  # pragma: no cover - queued tickets are always in their queue
+                return
+            if not queue:
+                del self._pending[ticket.shape]
+        self._size -= 1
+        self._queue_depth.set(self._size)
+        self._count_abandoned(ticket)
+        self._update_idle()
+        self.executor.notify()
+
+    def _count_abandoned(self, ticket: Ticket) -> None:
+        reason = ticket.cancel_reason or "cancelled"
+        self.metrics.dropped.labels(task=self.task, reason=reason).inc()
+
+    def _update_idle(self) -> None:
+        if self._size == 0 and self._inflight == 0:
+            self._idle.set()
+        else:
+            self._idle.clear()

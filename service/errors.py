@@ -41,6 +41,10 @@ class ErrorCode(str, Enum):
     NOT_READY = "not_ready"
     SHUTTING_DOWN = "shutting_down"
     TIMEOUT = "timeout"
+    OVERLOADED = "overloaded"
+    REQUEST_TIMEOUT = "request_timeout"
+    RELOAD_FAILED = "reload_failed"
+    FORBIDDEN = "forbidden"
 
 
 STATUS: dict[ErrorCode, int] = {
@@ -61,6 +65,10 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_READY: 503,
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.TIMEOUT: 504,
+    ErrorCode.OVERLOADED: 503,  # admission: no permit or no pixel budget left, before the body
+    ErrorCode.REQUEST_TIMEOUT: 408,  # headers or body slower than FOCUS_READ_TIMEOUT_S
+    ErrorCode.RELOAD_FAILED: 422,  # the repository's new version cannot be served; old one serves
+    ErrorCode.FORBIDDEN: 403,  # e.g. the admin API while FOCUS_ADMIN_KEY is unset
 }
 
 RETRY_AFTER_S = 1  # sent with every 503: the queue drains within a few batches

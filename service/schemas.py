@@ -11,6 +11,12 @@ class ModelInfo(BaseModel):
     version: str = Field(examples=["1"])
     backend: str = Field(examples=["onnxruntime"])
     device: str = Field(examples=["cpu"])
+    repository_version: int | None = Field(
+        default=None,
+        examples=[2],
+        description="the model repository's version directory served (<repo>/<task>/<version>;"
+        " the flat layout is 1); `version` is focus.json's own version string.",
+    )
     precision: str = Field(
         default="fp32", examples=["bf16"], description="fp32, bf16, fp16 or int8"
     )
@@ -46,6 +52,35 @@ class Timing(BaseModel):
     batch_size: int = Field(ge=1, description="images in the backend call that computed this one")
 
 
+class NetworkInput(BaseModel):
+    """What the network saw: the image resized by its short side (and capped on its long side).
+
+    Also sent for every image response as ``X-Focus-Network-Size`` (``WxH``) and
+    ``X-Focus-Scale``."""
+
+    width: int = Field(ge=1, examples=[171])
+    height: int = Field(ge=1, examples=[128])
+    scale: float = Field(
+        gt=0, description="network size / original size (below 1: the image was downscaled)",
+        examples=[0.0625],
+    )
+
+
+class ZoomInfo(BaseModel):
+    """The zoom pass (``zoom=auto``): whether it ran and on which crop."""
+
+    ran: bool = Field(description="true: a second pass on the crop was blended in")
+    crop: BoundingBox | None = Field(description="the crop of the second pass, original pixels")
+    reason: str = Field(examples=["the object is small: the crop is seen 3.2x larger"])
+
+
+class RefinementInfo(BaseModel):
+    """The opt-in full-resolution refinements applied to this mask."""
+
+    refine: str = Field(default="none", description="none | guided (edge-aware upsampling)")
+    zoom: ZoomInfo | None = Field(default=None, description="null unless zoom=auto")
+
+
 class SegmentResult(BaseModel):
     """``format=json``: the mask plus summary statistics."""
 
@@ -66,6 +101,8 @@ class SegmentResult(BaseModel):
     )
     model: ModelInfo
     timing: Timing
+    network: NetworkInput
+    refinement: RefinementInfo = Field(default_factory=RefinementInfo)
 
 
 class InputInfo(BaseModel):
@@ -94,3 +131,25 @@ class LiveResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: str = Field(examples=["ready"])
     tasks: list[str] = Field(examples=[["camouflage", "salient"]])
+
+
+class TaskReadyResponse(BaseModel):
+    status: str = Field(examples=["ready"])
+    task: str = Field(examples=["camouflage"])
+    repository_version: int = Field(examples=[2], description="the version serving")
+    staging_version: int | None = Field(
+        examples=[None], description="a version being loaded and warmed beside it, if any"
+    )
+
+
+class ReloadOutcomeInfo(BaseModel):
+    task: str = Field(examples=["camouflage"])
+    status: str = Field(examples=["loaded"], description="loaded, unchanged or failed")
+    requested: int = Field(examples=[3], description="the version the repository asked for")
+    serving: int | None = Field(examples=[3], description="the version serving afterwards")
+    previous: int | None = Field(examples=[2], description="the version served before")
+    error: str | None = Field(default=None, description="why a failed version is not served")
+
+
+class ReloadResponse(BaseModel):
+    tasks: list[ReloadOutcomeInfo]

@@ -6,6 +6,7 @@ Invalid combinations are rejected with a precise message instead of being silent
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.contract import DEFAULT_MAX_PIXELS
+from models.tasks import UnknownTaskError, canonical_task
 from models.zoo import Source, SourceError, parse_sources
 
 MiB = 1024 * 1024
@@ -21,6 +23,31 @@ BackendName = Literal["auto", "onnxruntime", "openvino", "tensorrt", "torch"]
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 DeviceName = Literal["cpu", "cuda"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+def parse_model_versions(value: str) -> dict[str, int]:
+    """``camouflage:2,sod:1`` -> ``{"camouflage": 2, "salient": 1}``; ValueError if malformed."""
+    pinned: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, number = item.partition(":")
+        if not sep or not number.strip().isdigit() or int(number) < 1:
+            raise ValueError(
+                f"FOCUS_MODEL_VERSIONS entry {item!r} is not TASK:VERSION (a positive integer)"
+            )
+        try:
+            task = canonical_task(name.strip())
+        except UnknownTaskError as exc:
+            raise ValueError(f"FOCUS_MODEL_VERSIONS: {exc}") from None
+        if task in pinned:
+            raise ValueError(f"FOCUS_MODEL_VERSIONS pins {task!r} twice")
+        pinned[task] = int(number)
+    return pinned
 
 
 class Settings(BaseSettings):
@@ -36,8 +63,9 @@ class Settings(BaseSettings):
 
     model_repository: Path = Field(
         default=Path("model_repository"),
-        description="Directory holding <task>/focus.json plus model.onnx / model.engine / "
-        "model.safetensors; every task found is served.",
+        description="Directory holding <task>/<version>/focus.json plus model.onnx / "
+        "model.engine / model.safetensors (a flat <task>/ is version 1); every task found is "
+        "served, at its highest version unless FOCUS_MODEL_VERSIONS pins one.",
     )
     backend: BackendName = Field(
         default="auto",
@@ -84,7 +112,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         default=0,
         ge=0,
-        description="Threads per inference call (ONNX Runtime, PyTorch); 0: library default.",
+        description="Threads of every inference runtime (ONNX Runtime, OpenVINO, PyTorch), "
+        "which run one batch at a time per device; 0: the usable cores.",
     )
     log_level: LogLevel = Field(default="info", description="Log level of the service and uvicorn.")
     workers: int = Field(
@@ -128,6 +157,56 @@ class Settings(BaseSettings):
         description="Pull before serving and fail start-up when a FOCUS_PULL entry fails.",
     )
 
+    # --- hardening (service/admission.py, service/server.py)
+    max_inflight_per_task: int = Field(
+        default=64,
+        ge=1,
+        description="Requests of one task admitted at once (reading, queued, computing, "
+        "encoding); more get 503 overloaded before their body is read.",
+    )
+    max_inflight_pixels: int = Field(
+        default=DEFAULT_MAX_PIXELS,
+        ge=1,
+        description="Decoded pixels (width x height, from the image header) of all admitted "
+        "requests together; a request that does not fit gets 503 overloaded at once. Bounds "
+        "the memory of decoding and post-processing; at least FOCUS_MAX_PIXELS.",
+    )
+    read_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="The request headers, and then the whole body, must arrive within this "
+        "(408 and the connection closed otherwise).",
+    )
+    drain_delay_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="At SIGTERM, /health/ready answers 503 and the listener stays open this "
+        "long before new requests are refused and the queues drain.",
+    )
+    # --- model lifecycle (service/model_slot.py, routes/admin.py) and the response cache
+    model_versions: str | None = Field(
+        default=None,
+        description="Comma-separated TASK:VERSION (e.g. camouflage:2,salient:1) pinning the "
+        "repository version served per task; unpinned tasks serve their highest version.",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="Enables POST /admin/reload, which then requires it in the X-Admin-Key "
+        "header; unset: the admin API is off (404).",
+    )
+    repository_poll_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Rescan the model repository every this many seconds and switch to new "
+        "versions without a restart; 0: off (reload with POST /admin/reload).",
+    )
+    cache_mb: float = Field(
+        default=0.0,
+        ge=0,
+        description="Response cache size in MiB (LRU by bytes; key: model version, image bytes "
+        "hash, query parameters); 0: off.",
+    )
+
     @field_validator("pull")
     @classmethod
     def _check_pull(cls, value: str | None) -> str | None:
@@ -137,6 +216,14 @@ class Settings(BaseSettings):
             parse_sources(value)
         except SourceError as exc:
             raise ValueError(str(exc)) from None
+        return value.strip()
+
+    @field_validator("model_versions")
+    @classmethod
+    def _check_model_versions(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_model_versions(value)
         return value.strip()
 
     @field_validator("openvino_cache", mode="before")
@@ -154,6 +241,11 @@ class Settings(BaseSettings):
             raise ValueError("FOCUS_PRECISION=fp16 needs FOCUS_DEVICE=cuda (on the CPU use bf16)")
         if self.require_gpu and self.device != "cuda":
             raise ValueError("FOCUS_REQUIRE_GPU=true needs FOCUS_DEVICE=cuda")
+        if self.max_inflight_pixels < self.max_pixels:
+            raise ValueError(
+                f"FOCUS_MAX_INFLIGHT_PIXELS ({self.max_inflight_pixels}) must be at least "
+                f"FOCUS_MAX_PIXELS ({self.max_pixels}), or the largest image is never admitted"
+            )
         if self.require_pull and not self.pull_sources:
             raise ValueError("FOCUS_REQUIRE_PULL=true needs FOCUS_PULL (what to pull)")
         return self
@@ -164,8 +256,21 @@ class Settings(BaseSettings):
         return parse_sources(self.pull or "")
 
     @property
+    def pinned_versions(self) -> dict[str, int]:
+        """``FOCUS_MODEL_VERSIONS`` parsed: canonical task -> repository version."""
+        return parse_model_versions(self.model_versions or "")
+
+    def admin_key_value(self) -> str | None:
+        return self.admin_key.get_secret_value() if self.admin_key is not None else None
+
+    @property
     def max_delay_s(self) -> float:
         return self.max_delay_ms / 1000.0
+
+    @property
+    def inference_threads(self) -> int:
+        """The one thread count of every inference runtime (``FOCUS_INTRA_OP_THREADS``)."""
+        return self.intra_op_threads or usable_cores()
 
     def api_key_value(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key is not None else None

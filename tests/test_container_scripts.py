@@ -99,19 +99,27 @@ fi""",
     return bin_dir
 
 
+def _model_version(directory: Path, task: str) -> None:
+    """A servable model directory: the bundled demo card and a stand-in ONNX file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "model_repository" / task / "focus.json", directory / "focus.json")
+    (directory / "model.onnx").write_bytes(b"onnx")
+
+
 def _run_entrypoint(
     tmp_path: Path, bin_dir: Path, *args: str, backend: str = "auto", cache: Path | None = None
 ) -> str:
     repo = tmp_path / "repo"
     cache = cache or tmp_path / "cache"
-    for task in ("camouflage", "salient"):
-        (repo / task).mkdir(parents=True, exist_ok=True)
-        (repo / task / "model.onnx").write_bytes(b"onnx")
+    if not repo.exists():
+        for task in ("camouflage", "salient"):
+            _model_version(repo / task, task)
     if not cache.exists():
-        (cache / "salient").mkdir(parents=True)
-        (cache / "salient" / "model.engine").write_text("prebuilt")
+        (cache / "salient" / "1").mkdir(parents=True)
+        (cache / "salient" / "1" / "model.engine").write_text("prebuilt")
     env = {
         "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),  # the entrypoint asks the package where engines go
         "FOCUS_MODEL_REPOSITORY": str(repo),
         "FOCUS_ENGINE_CACHE": str(cache),
         "FOCUS_BACKEND": backend,
@@ -130,7 +138,7 @@ def test_entrypoint_builds_only_missing_engines_then_serves(tmp_path: Path) -> N
     partial = tmp_path / "cache/.partial-camouflage/model.engine"
     onnx, engine = (
         tmp_path / "repo/camouflage/model.onnx",
-        tmp_path / "cache/camouflage/model.engine",
+        tmp_path / "cache/camouflage/1/model.engine",  # the flat layout is version 1
     )
     assert calls == [
         f"focus export tensorrt --onnx {onnx} --out {partial}",
@@ -138,7 +146,21 @@ def test_entrypoint_builds_only_missing_engines_then_serves(tmp_path: Path) -> N
     ]
     assert engine.read_text() == "engine\n"
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["camouflage", "salient"]
-    assert (tmp_path / "cache/salient/model.engine").read_text() == "prebuilt"
+    assert (tmp_path / "cache/salient/1/model.engine").read_text() == "prebuilt"
+
+
+def test_entrypoint_builds_the_served_version_where_the_service_looks(tmp_path: Path) -> None:
+    from models.contract import engine_cache_path
+
+    bin_dir = _fake_bin(tmp_path, gpu=True, tensorrt=True, build_ok=True)
+    for version in ("1", "2"):
+        _model_version(tmp_path / "repo" / "camouflage" / version, "camouflage")
+    _model_version(tmp_path / "repo" / "salient", "salient")
+    stderr = _run_entrypoint(tmp_path, bin_dir)
+    built = engine_cache_path(tmp_path / "cache", "camouflage", 2)
+    assert built.read_text() == "engine\n", stderr
+    assert not engine_cache_path(tmp_path / "cache", "camouflage", 1).exists()
+    assert "salient: engine present" in stderr
 
 
 def test_entrypoint_serves_anyway_when_an_engine_build_fails(tmp_path: Path) -> None:
@@ -146,7 +168,7 @@ def test_entrypoint_serves_anyway_when_an_engine_build_fails(tmp_path: Path) -> 
     stderr = _run_entrypoint(tmp_path, bin_dir)
     assert "TensorRT build failed" in stderr
     assert (tmp_path / "calls.log").read_text().splitlines()[-1] == "focus serve"
-    assert not list((tmp_path / "cache/camouflage").glob("model.engine*"))
+    assert not list((tmp_path / "cache/camouflage").rglob("model.engine*"))
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["camouflage", "salient"]
 
 
@@ -196,3 +218,11 @@ def test_entrypoint_passes_shellcheck(tmp_path: Path) -> None:
     bad.write_text("#!/usr/bin/env bash\nrm -rf $1/*\n")
     result = subprocess.run([shellcheck, str(bad)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
+
+
+def test_entrypoint_serves_anyway_when_the_repository_cannot_be_read(tmp_path: Path) -> None:
+    bin_dir = _fake_bin(tmp_path, gpu=True, tensorrt=True, build_ok=True)
+    (tmp_path / "repo").mkdir()  # no models: scan_repository refuses it
+    stderr = _run_entrypoint(tmp_path, bin_dir)
+    assert "no models in" in stderr and "could not read the model repository" in stderr
+    assert (tmp_path / "calls.log").read_text().splitlines() == ["focus serve"]

@@ -171,15 +171,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- train
 
 
-# Flags whose default comes from --recipe: argparse default None, resolved in _cmd_train.
-_RECIPE_FLAGS = ("preset", "input_short_side", "batch_size", "lr", "backbone_multiplier",
-                 "clip_grad", "drop_path", "num_points", "threads", "workers", "save_every",
-                 "log_every")
-
-
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
     from models.config import PRESETS
-    from training.config import TINY_CPU
+    from training.config import RECIPES, TINY_CPU
 
     def d(key: str, reference: object) -> str:
         """Help text for a recipe flag: its reference default and its tiny-cpu value."""
@@ -195,10 +189,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         "tiny model learn in minutes on a CPU (explicit flags still win). Multi-process: "
         "torchrun --nproc-per-node N -m focus_cli train ... (NCCL on GPUs, gloo on CPU).",
     )
-    p.add_argument("--recipe", default="reference", choices=["reference", "tiny-cpu"],
+    p.add_argument("--recipe", default="reference", choices=list(RECIPES),
                    help="defaults of the flags marked below (reference)")
-    p.add_argument("--preset", default=None, choices=list(PRESETS),
-                   help="model size (tiny)")
+    p.add_argument("--preset", default=None, choices=list(PRESETS), help="model size (tiny)")
     p.add_argument("--task", required=True, help=f"task or alias ({', '.join(TASKS)})")
     add_data_arguments(p, "training data")
     p.add_argument("--out", type=Path, required=True, help="run folder")
@@ -217,6 +210,11 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                    "off on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
+                   help="fine-tune: start from this checkpoint directory's weights (e.g. "
+                   "model_repository/salient); its preset and input size are kept")
+    p.add_argument("--version", default=None,
+                   help="focus.json version string (default: UTC date + hash of the weights)")
     p.add_argument("--backbone-weights", type=Path, default=None,
                    help="DINOv2 weights (.pth / .safetensors) for the ViT")
     p.add_argument("--clip-weights", type=Path, default=None,
@@ -257,13 +255,17 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from models.tasks import UnknownTaskError
-    from training.config import TINY_CPU, TrainConfig
+    from training.config import RECIPE_FIELDS, TrainConfig, recipe_fields
     from training.datasets import DatasetError
     from training.loop import train
 
-    values: dict = dict(TINY_CPU) if args.recipe == "tiny-cpu" else {}
-    values.update({k: getattr(args, k) for k in _RECIPE_FLAGS if getattr(args, k) is not None})
+    # Flags whose default comes from --recipe have argparse default None.
+    values = recipe_fields(args.recipe, **{k: getattr(args, k) for k in RECIPE_FIELDS})
     try:
+        if args.init_from is not None and args.preset is None:  # the checkpoint's, by default
+            from models.config import ModelCard
+
+            values["preset"] = ModelCard.load(args.init_from).preset
         config = TrainConfig(
             out=args.out, task=args.task,
             data=tuple(args.data or ()), data_root=args.data_root,
@@ -271,6 +273,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, accum=args.accum, amp=args.amp,
             compile=args.compile, clip_weight=args.clip_weight,
             backbone_weights=args.backbone_weights, clip_weights=args.clip_weights,
+            init_from=args.init_from, version=args.version,
             clip_vocab=args.clip_vocab, decay_embeddings=not args.no_decay_embeddings,
             crop=args.crop, resume=args.resume, seed=args.seed, device=args.device,
             max_seconds=None if args.max_minutes is None else args.max_minutes * 60,

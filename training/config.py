@@ -3,6 +3,9 @@
 Defaults are the reference recipe (OFFICIAL_TRAINING.md §1-§6); ``training.loop`` documents
 what each setting does and which reference quirks the defaults keep.
 
+:data:`RECIPES` names the recipes ``focus train --recipe`` and ``focus pipeline --recipe`` start
+from (explicit flags win): ``reference`` (the defaults) and ``tiny-cpu`` (:data:`TINY_CPU`).
+
 :func:`tiny_cpu_config` is the recipe the synthetic benchmark and the demo-model pipeline use:
 the reference's values are tuned for a DINOv2-initialised large model trained 20k steps on GPUs,
 and a randomly initialised ``tiny`` on a CPU learns far too slowly with them (lr 1e-4 with the
@@ -57,6 +60,7 @@ class TrainConfig:
     clip_weight: float | None = None  # None: the task's (1.0; forgery 0.01)
     # weights
     backbone_weights: Path | None = None
+    init_from: Path | None = None  # a checkpoint directory to fine-tune (its preset and input)
     clip_weights: Path | None = None
     clip_vocab: Path | None = None
     # reference quirks (see the module docstring); None / True keep the reference behaviour
@@ -78,6 +82,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     max_seconds: float | None = None  # stop early (with a checkpoint) after this wall time
     stop_at: int | None = None  # stop early (with a checkpoint) after this many total steps
+    version: str | None = None  # focus.json "version"; None: date + hash of the weights
     progress: bool = True
     tensorboard: bool = True
 
@@ -126,6 +131,23 @@ TINY_CPU: Mapping[str, Any] = MappingProxyType({
     "save_every": 0,
     "log_every": 10,
 })
+
+
+# The recipes of `focus train --recipe` and `focus pipeline --recipe`: TrainConfig fields that
+# replace its defaults. "reference" is TrainConfig's own defaults (OFFICIAL_TRAINING.md).
+RECIPES: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "reference": MappingProxyType({}),
+    "tiny-cpu": TINY_CPU,
+})
+# The fields some recipe sets: their CLI flags default to None, meaning "the recipe's value".
+RECIPE_FIELDS: tuple[str, ...] = tuple(sorted({k for r in RECIPES.values() for k in r}))
+
+
+def recipe_fields(recipe: str, **explicit: Any) -> dict[str, Any]:
+    """``recipe``'s TrainConfig fields with every ``explicit`` value that is not None on top."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    return {**RECIPES[recipe], **{k: v for k, v in explicit.items() if v is not None}}
 
 
 def tiny_cpu_config(

@@ -62,7 +62,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ from training.augment import AugmentConfig
 from training.config import TrainConfig
 from training.data import ResumableSampler, TrainDataset, collate
 from training.datasets import Pair, pair_folders, resolve_dataset
-from training.distributed import convert_sync_bn, init_distributed, resolve_device
+from training.distributed import DistInfo, convert_sync_bn, init_distributed, resolve_device
 from training.losses import FocusCriterion, LossWeights, summarise
 from training.matcher import HungarianMatcher
 from training.monitor import Monitor, preview_image
@@ -119,6 +120,14 @@ def training_pairs(config: TrainConfig) -> list[Pair]:
 
 def _model_config(config: TrainConfig) -> FocusConfig:
     cfg = get_preset(config.preset)
+    if config.init_from is not None:  # fine-tuning: the checkpoint's network, input size too
+        card = ModelCard.load(config.init_from)
+        if card.preset != config.preset:
+            raise ValueError(
+                f"{config.init_from} holds a {card.preset!r} model, not {config.preset!r}; "
+                f"pass --preset {card.preset}"
+            )
+        cfg = card.config
     if config.drop_path is not None:
         cfg = dataclasses.replace(cfg, drop_path_rate=config.drop_path)
     if config.input_short_side is not None:
@@ -198,7 +207,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def _card(config: TrainConfig, model_cfg: FocusConfig, step: int, distilled: bool) -> ModelCard:
-    return make_card(
+    card = make_card(
         config.task,
         config.preset,
         model_cfg,
@@ -211,6 +220,8 @@ def _card(config: TrainConfig, model_cfg: FocusConfig, step: int, distilled: boo
             "train_config": config.to_dict(),
         },
     )
+    # save_checkpoint stamps an unversioned card with the date and a hash of the weights
+    return card if config.version is None else dataclasses.replace(card, version=config.version)
 
 
 def _load_state(path: Path) -> dict[str, Any]:
@@ -241,21 +252,65 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, world: int) -> 
         )
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig, pairs: list[Pair] | None = None) -> Path:
     """Train (or resume) the run in ``config.out``; returns its checkpoint directory
-    (``out/checkpoint``, loadable with ``models.checkpoint.load_checkpoint``)."""
+    (``out/checkpoint``, loadable with ``models.checkpoint.load_checkpoint``).
+
+    ``pairs``, when given, are the training pairs instead of those ``config`` names (the
+    pipeline trains on what is left after holding out its evaluation split)."""
     threads = torch.get_num_threads()
     if config.threads is not None:
         # On a shared or oversubscribed CPU, OpenMP barriers make small ops wait for threads
         # that are not scheduled: one thread per process can be several times faster.
         torch.set_num_threads(config.threads)
     try:
-        return _train(config)
+        return _train(config, pairs)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(config: TrainConfig) -> Path:
+@dataclass
+class _Run:
+    """What every step of one run uses, built once by :func:`_build_run`."""
+
+    config: TrainConfig
+    model_cfg: FocusConfig
+    dist: DistInfo
+    device: torch.device
+    model: nn.Module
+    ddp: nn.Module  # ``model``, or its DistributedDataParallel wrapper
+    forward: Callable[..., Any]  # ``ddp``, or its torch.compile'd form
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    criterion: FocusCriterion
+    weights: LossWeights
+    clip_text: Tensor | None
+    params: list[Tensor]
+
+
+@dataclass
+class _Window:
+    """What happened since the last logged step (averaged into the next log record)."""
+
+    t_log: float
+    images: int = 0
+    steps: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Step:
+    """One optimiser step's outcome, and its last micro-batch for the preview image."""
+
+    grad_norm: float
+    loss: float  # weighted total, averaged over the micro-steps
+    image: Tensor
+    targets: list[dict[str, Tensor]]
+    outputs: dict[str, Any]
+
+
+def _train(config: TrainConfig, pairs: list[Pair] | None) -> Path:
     d = init_distributed(config.device)
     device = resolve_device(config.device, d)
     run_dir = Path(config.out)
@@ -271,6 +326,54 @@ def _train(config: TrainConfig) -> Path:
     state = _load_state(state_path) if config.resume and state_path.exists() else None
     if config.resume and state is None:
         logger.info("nothing to resume in %s; starting a new run", run_dir)
+    run = _build_run(config, model_cfg, model, d, device, state)
+    start, consumed = (0, 0) if state is None else (
+        int(state["step"]), int(state["samples_per_rank"])
+    )
+    if state is not None:
+        logger.info("resuming %s at step %d", run_dir, start)
+
+    pairs = training_pairs(config) if pairs is None else pairs
+    loader = _data_loader(config, model_cfg, pairs, d, device, consumed)
+    if d.main:
+        logger.info(
+            "training %s/%s on %d pairs: %d steps x %d images (batch %d x accum %d x %d "
+            "processes), %s, amp %s, %d trainable parameters",
+            config.preset, config.task, len(pairs), config.iters,
+            config.batch_size * config.accum * d.world, config.batch_size, config.accum,
+            d.world, device, run.amp_dtype, sum(p.numel() for p in run.params),
+        )
+    monitor = Monitor(
+        run_dir, total=config.iters, start=start, enabled=d.main,
+        progress=config.progress, tensorboard=config.tensorboard,
+    )
+    step: int | None = None
+    try:
+        step = _run_steps(run, iter(loader), monitor, run_dir, start, consumed)
+    finally:
+        monitor.close(step)
+        if d.owned:
+            dist.destroy_process_group()
+    if d.main:
+        logger.info("wrote %s (step %d)", run_dir / CHECKPOINT_DIR, step)
+    return run_dir / CHECKPOINT_DIR
+
+
+def _build_run(
+    config: TrainConfig,
+    model_cfg: FocusConfig,
+    model: nn.Module,
+    d: DistInfo,
+    device: torch.device,
+    state: dict[str, Any] | None,
+) -> _Run:
+    """Weights, CLIP, devices, optimiser, mixed precision, DDP and the criterion of a run;
+    restores the weights, optimiser and scaler from ``state`` on resume."""
+    if state is None and config.init_from is not None:
+        from models.checkpoint import load_weights
+
+        load_weights(model, config.init_from)
+        logger.info("fine-tuning from %s", config.init_from)
     if state is None and config.backbone_weights is not None:
         from models.dinov2_weights import load_dinov2_into
 
@@ -289,23 +392,18 @@ def _train(config: TrainConfig) -> Path:
     )
     amp_dtype = resolve_amp(config.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    start, consumed = 0, 0
     if state is not None:
         _check_resumable(state, config, d.world)
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        start, consumed = int(state["step"]), int(state["samples_per_rank"])
-        logger.info("resuming %s at step %d", run_dir, start)
 
     ddp = model
     if d.enabled:
         ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    forward = torch.compile(ddp) if config.compile else ddp
-
     weights = LossWeights(clip=_clip_weight(config))
     criterion = FocusCriterion(
         matcher=HungarianMatcher(num_points=config.num_points),
@@ -315,8 +413,24 @@ def _train(config: TrainConfig) -> Path:
         oversample_ratio=config.oversample_ratio,
         importance_sample_ratio=config.importance_sample_ratio,
     )
+    return _Run(
+        config=config, model_cfg=model_cfg, dist=d, device=device, model=model, ddp=ddp,
+        forward=torch.compile(ddp) if config.compile else ddp,
+        optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, criterion=criterion,
+        weights=weights, clip_text=clip_text,
+        params=[p for g in optimizer.param_groups for p in g["params"]],
+    )
 
-    pairs = training_pairs(config)
+
+def _data_loader(
+    config: TrainConfig,
+    model_cfg: FocusConfig,
+    pairs: list[Pair],
+    d: DistInfo,
+    device: torch.device,
+    consumed: int,
+) -> DataLoader:
+    """Augmented batches of this rank's shard, continuing after ``consumed`` samples."""
     aug = AugmentConfig.for_short_side(model_cfg.input_short_side)
     if config.crop is not None:
         aug = dataclasses.replace(aug, crop=config.crop)
@@ -324,7 +438,7 @@ def _train(config: TrainConfig) -> Path:
         aug = dataclasses.replace(aug, short_sides=tuple(config.short_sides))
     dataset = TrainDataset(pairs, aug, seed=config.seed)
     sampler = ResumableSampler(len(dataset), config.seed, d.rank, d.world, start=consumed)
-    loader = DataLoader(
+    return DataLoader(
         dataset,
         batch_size=config.batch_size,
         sampler=sampler,
@@ -334,125 +448,141 @@ def _train(config: TrainConfig) -> Path:
         drop_last=True,
         persistent_workers=config.workers > 0,
     )
-    batches: Iterator[dict[str, Any]] = iter(loader)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    if d.main:
-        logger.info(
-            "training %s/%s on %d pairs: %d steps x %d images (batch %d x accum %d x %d "
-            "processes), %s, amp %s, %d trainable parameters",
-            config.preset, config.task, len(pairs), config.iters,
-            config.batch_size * config.accum * d.world, config.batch_size, config.accum,
-            d.world, device, amp_dtype, sum(p.numel() for p in params),
-        )
 
-    monitor = Monitor(
-        run_dir, total=config.iters, start=start, enabled=d.main,
-        progress=config.progress, tensorboard=config.tensorboard,
-    )
-    step = start
+
+def _run_steps(
+    run: _Run,
+    batches: Iterator[dict[str, Any]],
+    monitor: Monitor,
+    run_dir: Path,
+    step: int,
+    consumed: int,
+) -> int:
+    """Optimiser steps from ``step`` to the end (iters, stop_at or the time budget), logging,
+    previews and checkpoints on the way and at the end; returns the last step."""
+    config, d = run.config, run.dist
     t_start = time.perf_counter()
-    t_log, images_since_log = time.perf_counter(), 0
-    sums: dict[str, float] = {}
-    steps_since_log = 0
+    window = _Window(t_log=t_start)
     end = config.iters if config.stop_at is None else min(config.iters, config.stop_at)
+    images_per_step = config.batch_size * config.accum * d.world
+    while step < end:
+        done = _optimizer_step(run, batches, step, window.sums)
+        consumed += config.batch_size * config.accum
+        step += 1
+        window.steps += 1
+        window.images += images_per_step
+        monitor.step(done.loss, images_per_step)
+        if _out_of_time(config, d, t_start) and step < end:
+            logger.info("time budget of %.0f s used up at step %d", config.max_seconds, step)
+            end = step
 
-    def save() -> None:
-        if d.main:
-            save_checkpoint(model, _card(config, model_cfg, step, clip_text is not None),
-                            run_dir / CHECKPOINT_DIR)
-            _atomic_torch_save(
-                {
-                    "format": STATE_FORMAT,
-                    "step": step,
-                    "samples_per_rank": consumed,
-                    "world_size": d.world,
-                    "config": config.to_dict(),
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else {},
-                },
-                state_path,
-            )
-        if d.enabled:
-            dist.barrier()
+        if step % config.log_every == 0 or step == end:
+            now = time.perf_counter()
+            monitor.log({
+                "step": step,
+                "lr": poly_lr(config.lr, step - 1, config.iters, config.poly_power),
+                "images_per_s": window.images / max(now - window.t_log, 1e-9),
+                "grad_norm": done.grad_norm,
+                "seconds": now - t_start,
+                "loss": {k: v / window.steps for k, v in window.sums.items()},
+            })
+            window = _Window(t_log=now)
+        if monitor.wants_images and (step % config.image_every == 0 or step == 1):
+            t0 = done.targets[0]
+            picture = preview_image(done.image[0], t0["masks"], t0["labels"], done.outputs)
+            monitor.image("preview", picture, step)
 
-    try:
-        while step < end:
-            set_lr(optimizer, poly_lr(config.lr, step, config.iters, config.poly_power))
-            seed = _step_seed(config.seed, d.rank, step)
-            torch.manual_seed(seed)  # drop-path draws
-            generator = torch.Generator(device).manual_seed(seed)  # point sampling
-            outputs, targets, image = None, None, None
-            for micro in range(config.accum):
-                batch = next(batches)
-                image, edges, targets = _to_device(batch, device)
-                last = micro == config.accum - 1
-                sync = ddp.no_sync() if d.enabled and not last else contextlib.nullcontext()
-                autocast = torch.autocast(
-                    device.type, dtype=amp_dtype, enabled=amp_dtype is not None
+        if step < end and config.save_every > 0 and step % config.save_every == 0:
+            _save(run, run_dir, step, consumed)
+    _save(run, run_dir, step, consumed)
+    return step
+
+
+def _optimizer_step(
+    run: _Run, batches: Iterator[dict[str, Any]], step: int, sums: dict[str, float]
+) -> _Step:
+    """Step ``step`` (0-based): ``accum`` micro-batches forward/backward, then the update.
+    Adds the weighted loss terms (averaged over micro-steps) to ``sums``."""
+    config, d = run.config, run.dist
+    set_lr(run.optimizer, poly_lr(config.lr, step, config.iters, config.poly_power))
+    seed = _step_seed(config.seed, d.rank, step)
+    torch.manual_seed(seed)  # drop-path draws
+    generator = torch.Generator(run.device).manual_seed(seed)  # point sampling
+    total = 0.0
+    outputs: dict[str, Any] | None = None
+    targets: list[dict[str, Tensor]] | None = None
+    image: Tensor | None = None
+    for micro in range(config.accum):
+        batch = next(batches)
+        image, edges, targets = _to_device(batch, run.device)
+        last = micro == config.accum - 1
+        sync = run.ddp.no_sync() if d.enabled and not last else contextlib.nullcontext()
+        autocast = torch.autocast(
+            run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None
+        )
+        with sync:
+            with autocast:
+                outputs = run.forward(image, edges, run.clip_text)
+                losses = run.criterion(outputs, targets, generator)
+                loss = run.criterion.total(losses) / config.accum
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at step {step}: "
+                    + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
                 )
-                with sync:
-                    with autocast:
-                        outputs = forward(image, edges, clip_text)
-                        losses = criterion(outputs, targets, generator)
-                        loss = criterion.total(losses) / config.accum
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"loss became {loss.item()} at step {step}: "
-                            + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                        )
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                for term, value in summarise(losses, weights).items():
-                    sums[term] = sums.get(term, 0.0) + value / config.accum
-                consumed += config.batch_size
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            max_norm = config.clip_grad if config.clip_grad > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            steps_since_log += 1
-            images_since_log += config.batch_size * config.accum * d.world
-            monitor.step()
-            out_of_time = torch.tensor(
-                float(config.max_seconds is not None
-                      and time.perf_counter() - t_start >= config.max_seconds)
-            )
-            if d.enabled:
-                dist.all_reduce(out_of_time, op=dist.ReduceOp.MAX)  # stop together
-            if out_of_time.item() and step < end:
-                logger.info("time budget of %.0f s used up at step %d", config.max_seconds, step)
-                end = step
+            (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
+        for term, value in summarise(losses, run.weights).items():
+            sums[term] = sums.get(term, 0.0) + value / config.accum
+            if term == "total":
+                total += value / config.accum
+    assert outputs is not None and targets is not None and image is not None  # accum >= 1
+    return _Step(_apply_gradients(run), total, image, targets, outputs)
 
-            if step % config.log_every == 0 or step == end:
-                now = time.perf_counter()
-                monitor.log({
-                    "step": step,
-                    "lr": poly_lr(config.lr, step - 1, config.iters, config.poly_power),
-                    "images_per_s": images_since_log / max(now - t_log, 1e-9),
-                    "grad_norm": grad_norm,
-                    "seconds": now - t_start,
-                    "loss": {k: v / steps_since_log for k, v in sums.items()},
-                })
-                t_log, images_since_log, sums, steps_since_log = now, 0, {}, 0
-            if monitor.wants_images and (step % config.image_every == 0 or step == 1):
-                assert outputs is not None and targets is not None and image is not None
-                t0 = targets[0]
-                picture = preview_image(image[0], t0["masks"], t0["labels"], outputs)
-                monitor.image("preview", picture, step)
 
-            if step < end and config.save_every > 0 and step % config.save_every == 0:
-                save()
-        save()
-    finally:
-        monitor.close()
-        if d.owned:
-            dist.destroy_process_group()
+def _apply_gradients(run: _Run) -> float:
+    """Clip (full-model L2 norm), step and zero the gradients; returns the norm before clipping."""
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+    max_norm = run.config.clip_grad if run.config.clip_grad > 0 else math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, max_norm))
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def _out_of_time(config: TrainConfig, d: DistInfo, t_start: float) -> bool:
+    """Whether the wall-clock budget is used up, agreed by every rank (they stop together)."""
+    out_of_time = torch.tensor(
+        float(config.max_seconds is not None
+              and time.perf_counter() - t_start >= config.max_seconds)
+    )
+    if d.enabled:
+        dist.all_reduce(out_of_time, op=dist.ReduceOp.MAX)
+    return bool(out_of_time.item())
+
+
+def _save(run: _Run, run_dir: Path, step: int, consumed: int) -> None:
+    """Checkpoint and trainer state at ``step`` (rank 0 writes; every rank waits for it)."""
+    d, config = run.dist, run.config
     if d.main:
-        logger.info("wrote %s (step %d)", run_dir / CHECKPOINT_DIR, step)
-    return run_dir / CHECKPOINT_DIR
+        card = _card(config, run.model_cfg, step, run.clip_text is not None)
+        save_checkpoint(run.model, card, run_dir / CHECKPOINT_DIR)
+        _atomic_torch_save(
+            {
+                "format": STATE_FORMAT,
+                "step": step,
+                "samples_per_rank": consumed,
+                "world_size": d.world,
+                "config": config.to_dict(),
+                "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+                "optimizer": run.optimizer.state_dict(),
+                "scaler": run.scaler.state_dict() if run.scaler is not None else {},
+            },
+            run_dir / STATE_FILE,
+        )
+    if d.enabled:
+        dist.barrier()

@@ -70,6 +70,10 @@ class OnnxRuntimePredictor:
         if intra_op_threads > 0:
             options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: several models share the cores, and a
+        # spinning pool of one session steals them from the session that is computing.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.session: Any = ort.InferenceSession(
             str(self.path), sess_options=options, providers=providers
         )

@@ -365,14 +365,17 @@ def create_backend(
     return _auto_cpu(entry, intra_op_threads, options)
 
 
-def create_backend_from_settings(entry: ModelEntry, settings: Settings) -> Backend:
-    """:func:`create_backend` with every knob from the service settings."""
+def create_backend_from_settings(
+    entry: ModelEntry, settings: Settings, threads: int | None = None
+) -> Backend:
+    """:func:`create_backend` with every knob from the service settings (``threads``: the
+    runtime's threads, default the service's ``inference_threads``)."""
     return create_backend(
         entry,
         backend=settings.backend,
         device=settings.device,
         require_gpu=settings.require_gpu,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=settings.inference_threads if threads is None else threads,
         engine_cache=settings.engine_cache,
         variants=VariantOptions(
             precision=settings.precision,

@@ -68,7 +68,8 @@ class TorchBackend(Backend):
         self.artefact = Path(directory) / WEIGHTS_FILE
 
     def infer(self, image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.predictor.infer(image, edges)
+        outputs: tuple[np.ndarray, np.ndarray] = self.predictor.infer(image, edges)
+        return outputs
 
     def close(self) -> None:
         self.predictor = None

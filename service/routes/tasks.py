@@ -33,6 +33,7 @@ async def list_tasks(state: StateDep) -> TasksResponse:
                     version=card.version,
                     backend=backend.name,
                     device=backend.device,
+                    repository_version=loaded.entry.version,
                     precision=backend.precision,
                     gate=backend.gate,
                     selection=backend.selection,

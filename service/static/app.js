@@ -2,7 +2,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, busy: false };
+const DEFAULT_TASK = "salient";
+// Each run has its own id and AbortController: a newer choice aborts the older request, and
+// only the newest run may touch the display, so an image is always shown with its own mask.
+const state = { file: null, run: 0, controller: null, shownUrl: null };
 
 function headers() {
   const key = $("apikey").value.trim();
@@ -39,7 +42,9 @@ async function loadTasks() {
     option.textContent = `${t.name} — ${t.description}`;
     select.appendChild(option);
   }
-  if (previous) select.value = previous;
+  const names = tasks.map((t) => t.name);
+  if (previous && names.includes(previous)) select.value = previous;
+  else if (names.includes(DEFAULT_TASK)) select.value = DEFAULT_TASK;
   setStatus(tasks.length ? "Choose or drop an image." : "The server has no models.", !tasks.length);
 }
 
@@ -88,66 +93,83 @@ function drawComposites(original, mask) {
   }
 }
 
+function showResult(file, task, result, roundTrip, original, originalUrl, mask, maskUrl) {
+  if (state.shownUrl) URL.revokeObjectURL(state.shownUrl);
+  state.shownUrl = originalUrl;
+  $("mask").src = maskUrl;
+  $("original").src = original ? originalUrl : "";
+  if (original) {
+    drawComposites(original, mask);
+  } else {
+    // e.g. TIFF: the server decoded it, this browser cannot display it
+    for (const id of ["overlay", "cutout"]) $(id).width = 0;
+  }
+  const t = result.timing;
+  $("timing").textContent =
+    `${result.width}×${result.height} · ${result.model.backend} on ${result.model.device} · ` +
+    `model ${result.model.task} version ${result.model.version} · ` +
+    `server ${t.total_ms.toFixed(1)} ms (preprocess ${t.preprocess_ms.toFixed(1)}, ` +
+    `queue ${t.queue_ms.toFixed(1)}, compute ${t.compute_ms.toFixed(1)} for a batch of ` +
+    `${t.batch_size}, postprocess ${t.postprocess_ms.toFixed(1)}) · round trip ` +
+    `${roundTrip.toFixed(0)} ms · foreground ${(100 * result.foreground_fraction).toFixed(1)}%`;
+  const link = $("download");
+  link.href = maskUrl;
+  link.download = `${file.name.replace(/\.[^.]+$/, "")}-${task}-mask.png`;
+  link.hidden = false;
+  const results = $("results");
+  results.hidden = false;
+  results.dataset.shown = file.name; // what the display now pairs: this file and its mask
+  setStatus(`Done: ${file.name}`);
+}
+
 async function segment() {
-  if (!state.file || state.busy) return;
+  const file = state.file;
+  if (!file) return;
   const task = $("task").value;
   if (!task) {
     setStatus("No task to run.", true);
     return;
   }
-  state.busy = true;
-  setStatus(`Segmenting ${state.file.name} (${task})…`);
+  if (state.controller) state.controller.abort(); // the older request's result is not wanted
+  const controller = new AbortController();
+  const run = ++state.run;
+  state.controller = controller;
+  const current = () => run === state.run;
+  setStatus(`Segmenting ${file.name} (${task})…`);
   const params = new URLSearchParams({ format: "json" });
   const threshold = $("threshold").value.trim();
   if (threshold !== "") params.set("threshold", threshold);
   const form = new FormData();
-  form.append("image", state.file, state.file.name);
+  form.append("image", file, file.name);
   const started = performance.now();
+  const originalUrl = URL.createObjectURL(file);
   try {
     const response = await fetch(`/segment/${encodeURIComponent(task)}?${params}`, {
       method: "POST",
       headers: headers(),
       body: form,
+      signal: controller.signal,
     });
     const roundTrip = performance.now() - started;
     if (!response.ok) {
-      setStatus(`Failed: ${await errorText(response)}`, true);
+      if (current()) setStatus(`Failed: ${await errorText(response)}`, true);
       return;
     }
     const result = await response.json();
     const maskUrl = `data:image/png;base64,${result.mask_png_base64}`;
-    const originalUrl = URL.createObjectURL(state.file);
     const mask = await loadImage(maskUrl);
-    $("mask").src = maskUrl;
-    $("results").hidden = false;
     let original = null;
     try {
       original = await loadImage(originalUrl);
     } catch (e) {
-      // e.g. TIFF: the server decoded it, this browser cannot display it
+      original = null;
     }
-    $("original").src = original ? originalUrl : "";
-    if (original) {
-      drawComposites(original, mask);
-    } else {
-      for (const id of ["overlay", "cutout"]) $(id).width = 0;
-    }
-    const t = result.timing;
-    $("timing").textContent =
-      `${result.width}×${result.height} · ${result.model.backend} on ${result.model.device} · ` +
-      `server ${t.total_ms.toFixed(1)} ms (preprocess ${t.preprocess_ms.toFixed(1)}, ` +
-      `queue ${t.queue_ms.toFixed(1)}, compute ${t.compute_ms.toFixed(1)} for a batch of ` +
-      `${t.batch_size}, postprocess ${t.postprocess_ms.toFixed(1)}) · round trip ` +
-      `${roundTrip.toFixed(0)} ms · foreground ${(100 * result.foreground_fraction).toFixed(1)}%`;
-    const link = $("download");
-    link.href = maskUrl;
-    link.download = `${state.file.name.replace(/\.[^.]+$/, "")}-${task}-mask.png`;
-    link.hidden = false;
-    setStatus(`Done: ${state.file.name}`);
+    if (current()) showResult(file, task, result, roundTrip, original, originalUrl, mask, maskUrl);
   } catch (err) {
-    setStatus(`Failed: ${err.message}`, true);
+    if (current() && err.name !== "AbortError") setStatus(`Failed: ${err.message}`, true);
   } finally {
-    state.busy = false;
+    if (current()) state.controller = null;
+    if (state.shownUrl !== originalUrl) URL.revokeObjectURL(originalUrl);
   }
 }
 

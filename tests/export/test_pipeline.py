@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,3 +134,118 @@ def test_pipeline_cli_reports_failure(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: unknown task") or "nope" in result.stderr
+
+
+def test_holdout_split_is_seeded_disjoint_and_sized() -> None:
+    from export.pipeline import holdout_split
+
+    items = list(range(50))
+    train, held = holdout_split(items, 0.1, seed=3)
+    assert len(held) == 5 and len(train) == 45
+    assert sorted(train + held) == items and train == sorted(train)  # disjoint, order kept
+    assert holdout_split(items, 0.1, seed=3) == (train, held)
+    assert holdout_split(items, 0.1, seed=4)[1] != held
+    assert len(holdout_split(items[:3], 0.01, seed=0)[1]) == 1  # at least one image
+    with pytest.raises(ValueError, match="too few to hold out 1"):
+        holdout_split(items[:1], 0.1, seed=0)
+
+
+def test_recipe_fills_the_train_stage_and_explicit_settings_win(tmp_path: Path) -> None:
+    from export.pipeline import train_config
+
+    def config(**kw: object) -> PipelineConfig:
+        return PipelineConfig(task="sod", data=("d",), out=tmp_path, **kw)  # type: ignore[arg-type]
+
+    ref = train_config(config(), "salient", tmp_path / "run")
+    assert (ref.batch_size, ref.num_points, ref.workers, ref.lr) == (8, 12544, 2, 1e-4)
+    assert (ref.input_short_side, ref.threads, ref.iters) == (None, None, 2000)
+    tiny = train_config(
+        config(recipe="tiny-cpu", num_points=256, train_options={"lr": 5e-4}),
+        "salient", tmp_path / "run",
+    )
+    assert (tiny.input_short_side, tiny.threads, tiny.clip_grad, tiny.workers) == (128, 1, 1.0, 1)
+    assert (tiny.num_points, tiny.lr) == (256, 5e-4)  # explicit beats the recipe
+    with pytest.raises(ValueError, match="unknown recipe 'fast'"):
+        run_pipeline(config(recipe="fast"), echo=print)
+
+
+def test_pipeline_without_eval_data_evaluates_on_a_held_out_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`focus pipeline --recipe tiny-cpu` with no --eval-data: the stage lines report the split,
+    training never sees a held-out image, evaluation scores exactly those. The ONNX stage (minutes
+    of tracing, covered by the tiny_pipeline fixture) is stopped to keep this test short."""
+    import focus_cli
+    import training.evaluate
+    import training.loop
+    from models.synth import write_dataset
+    from training.datasets import pair_folders
+
+    data = write_dataset("salient", 10, tmp_path / "data", seed=0, size=64)
+    trained: list = []
+    scored: list = []
+    real_train, real_evaluate = training.loop.train, training.evaluate.evaluate_pairs
+
+    def spy_train(config: Any, pairs: Any = None) -> Any:
+        trained.append((config, pairs))
+        return real_train(config, pairs)
+
+    def spy_evaluate(pairs: Any, *args: Any, **kwargs: Any) -> Any:
+        scored.append(pairs)
+        return real_evaluate(pairs, *args, **kwargs)
+
+    def stop(*_: object) -> None:
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(training.loop, "train", spy_train)
+    monkeypatch.setattr(training.evaluate, "evaluate_pairs", spy_evaluate)
+    monkeypatch.setattr("export.pipeline._onnx", stop)
+    argv = ["pipeline", "--recipe", "tiny-cpu", "--task", "sod", "--data", str(data),
+            "--out", str(tmp_path / "repo"), "--iters", "3", "--holdout", "0.2",
+            "--max-minutes", "1e-5",  # the time budget ends training after its first step
+            "--input-short-side", "64", "--batch-size", "2", "--num-points", "128",
+            "--workers", "0", "--device", "cpu", "--tensorrt", "off"]
+    with torch_threads(1):
+        assert focus_cli.main(argv) == 1  # the stopped ONNX stage
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("[     ok] train") and out[0].endswith(
+        "1 of 3 iterations (time budget) on 8 pairs (2 held out for evaluation)"
+    )
+    assert out[1].startswith("[     ok] evaluate") and "held-out (binary): MAE " in out[1]
+    assert out[1].endswith("images 2") and out[2].startswith("[ failed] onnx")
+    (config, pairs), = trained
+    assert (config.lr, config.threads, config.clip_grad) == (1e-3, 1, 1.0)  # the recipe
+    assert (config.input_short_side, config.num_points) == (64, 128)  # explicit flags
+    every = {p.name for p in pair_folders(data / "images", data / "masks").pairs}
+    train_names = {p.name for p in pairs}
+    (held,) = scored
+    held_names = {p.name for p in held.pairs}
+    assert held.name == "held-out" and len(held_names) == 2 and len(train_names) == 8
+    assert train_names | held_names == every and not train_names & held_names
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize(
+    "report",
+    sorted((ROOT / "model_repository").rglob("pipeline.json")),
+    ids=lambda p: p.parent.name,
+)
+def test_shipped_pipeline_reports_hold_no_paths_of_the_building_machine(report: Path) -> None:
+    strings = _strings(json.loads(report.read_text()))
+    assert [s for s in strings if s.startswith(("/", "~")) or " /" in s or ":\\" in s] == []
+
+
+def test_onnx_stage_records_file_names_not_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from export import pipeline
+
+    def fake_export(checkpoint: Path, out: Path) -> dict:
+        return {"onnx": str(out), "external_data": str(out) + ".data", "bytes": 2_000_000,
+                "parity": {"fp32": {"soft_max_abs": 1e-6, "min_iou": 1.0}}}
+
+    monkeypatch.setattr("export.onnx.export_checkpoint", fake_export)
+    text, data = pipeline._onnx({"checkpoint": str(tmp_path / "ckpt")}, tmp_path / "publish")
+    assert data["onnx"]["onnx"] == "model.onnx"
+    assert data["onnx"]["external_data"] == "model.onnx.data"
+    assert text == "2.0 MB; parity vs PyTorch: soft max |diff| 1e-06, IoU 1.0000"

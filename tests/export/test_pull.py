@@ -40,7 +40,7 @@ from hub_testing import (
 )
 
 from models.config import ModelCard
-from models.contract import CARD_FILE, ONNX_FILE, PIPELINE_REPORT_FILE
+from models.contract import CARD_FILE, ONNX_FILE, PIPELINE_REPORT_FILE, WEIGHTS_FILE
 from models.zoo import DOWNLOAD_BYTES, SERVED_BYTES, all_releases
 
 pytest.importorskip("huggingface_hub")
@@ -179,10 +179,10 @@ def test_pull_without_torch_exits_3_and_says_what_to_install(tmp_path: Path) -> 
 def test_pull_publishes_a_new_version_recording_where_it_came_from(served_pull) -> None:
     repo = served_pull.repository
     demo = ROOT / "model_repository" / "camouflage"
-    for name in (CARD_FILE, ONNX_FILE):  # the demo model (flat = version 1) is untouched
+    for name in (CARD_FILE, ONNX_FILE, WEIGHTS_FILE):  # the demo model (flat = version 1)
         assert (repo / "camouflage" / name).read_bytes() == (demo / name).read_bytes()
     assert tree(repo / "camouflage") == sorted(
-        [CARD_FILE, ONNX_FILE, PIPELINE_REPORT_FILE, "2"]
+        [CARD_FILE, ONNX_FILE, PIPELINE_REPORT_FILE, WEIGHTS_FILE, "2"]
         + [f"2/{n}" for n in (CARD_FILE, ONNX_FILE, PIPELINE_REPORT_FILE)]
     )
     assert tree(repo) == ["camouflage", *(f"camouflage/{p}" for p in tree(repo / "camouflage"))]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 import struct
+import subprocess
 import zlib
 
 import httpx
@@ -15,6 +17,7 @@ from PIL import Image
 from service_testing import decode_png, image_bytes, run, running
 
 from service.app import create_app
+from service.imaging import OVERLAY_ALPHA, OVERLAY_COLOUR
 
 AVAILABLE = "camouflage, salient, shadow"
 PNG = {"content-type": "image/png"}
@@ -79,6 +82,7 @@ def test_tasks_lists_models_with_metadata(client: TestClient) -> None:
                     "version": "test",
                     "backend": "onnxruntime",
                     "device": "cpu",
+                    "repository_version": 1,
                     "precision": "fp32",
                     "gate": "fp32 reference (no gate needed)",
                 },
@@ -94,9 +98,11 @@ def test_tasks_lists_models_with_metadata(client: TestClient) -> None:
     assert body == {"tasks": expected}
 
 
-def test_metrics_exposes_every_focus_metric(client: TestClient, png_320x240: bytes) -> None:
-    assert client.post("/segment/cod", content=png_320x240, headers={"content-type": "image/png"})
-    text = client.get("/metrics").text
+def test_metrics_exposes_every_focus_metric(make_settings, png_320x240: bytes) -> None:
+    with TestClient(create_app(make_settings())) as client:  # a fresh app: exact counts
+        response = client.post("/segment/cod", content=png_320x240, headers=PNG)
+        assert response.status_code == 200
+        text = client.get("/metrics").text
     for name in (
         "focus_requests_total",
         "focus_request_duration_seconds",
@@ -111,12 +117,31 @@ def test_metrics_exposes_every_focus_metric(client: TestClient, png_320x240: byt
         "focus_dropped_requests_total",
     ):
         assert f"# TYPE {name} " in text, name
-    assert 'focus_requests_total{code="200",task="camouflage"}' in text
+    assert 'focus_requests_total{code="200",task="camouflage"} 1.0' in text.splitlines()
     assert (
-        'focus_model_info{backend="onnxruntime",precision="fp32",preset="tiny",'
+        'focus_model_info{backend="onnxruntime",precision="fp32",preset="tiny",repository_version="1",'
         'task="camouflage",version="test"} 1.0' in text
     )
-    assert 'focus_batch_size_bucket{le="1.0",task="camouflage"}' in text
+    assert 'focus_batch_size_bucket{le="1.0",task="camouflage"} 1.0' in text.splitlines()
+    assert 'focus_batch_size_count{task="camouflage"} 1.0' in text.splitlines()
+
+
+def test_metrics_output_passes_promtool(client: TestClient, png_320x240: bytes) -> None:
+    """The exposition is read by a parser other than the library that wrote it."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is absent (Debian package `prometheus`; `make test` installs it)")
+    assert client.post("/segment/cod", content=png_320x240, headers=PNG).status_code == 200
+    text = client.get("/metrics").text
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = text.replace("focus_requests_total{", "focus_requests_total{code=", 1)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=broken, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0  # promtool does fail on a malformed exposition
 
 
 def test_demo_page_and_assets_are_served(client: TestClient) -> None:
@@ -139,8 +164,12 @@ def test_openapi_documents_every_route_and_error(client: TestClient) -> None:
         "/tasks",
         "/health/live",
         "/health/ready",
+        "/health/ready/{task}",
         "/metrics",
+        "/admin/reload",
     }
+    reload = schema["paths"]["/admin/reload"]["post"]
+    assert set(reload["responses"]) == {"200", "401", "403", "404", "422", "503"}
     post = schema["paths"]["/segment/{task}"]["post"]
     assert set(post["responses"]) >= {"200", "400", "401", "404", "413", "415", "422", "500"}
     assert {"503", "504"} <= set(post["responses"])
@@ -162,6 +191,7 @@ def test_segment_png_is_grayscale_mask_at_original_size(client: TestClient, png_
     assert response.headers["content-type"] == "image/png"
     assert response.headers["x-focus-task"] == "camouflage"
     assert response.headers["x-focus-backend"] == "onnxruntime"
+    assert response.headers["x-focus-model-version"] == "1"  # the flat layout
     assert response.headers["server-timing"].startswith("preprocess;dur=")
     mask = decode_png(response.content)
     assert (mask.mode, mask.size) == ("L", (320, 240))
@@ -218,16 +248,19 @@ def test_segment_json_has_mask_and_statistics(client: TestClient, png_320x240: b
     body = response.json()
     assert set(body) == {
         "task", "width", "height", "mask_png_base64", "threshold", "foreground_fraction",
-        "bbox", "mean_confidence", "model", "timing",
+        "bbox", "mean_confidence", "model", "timing", "network", "refinement",
     }  # fmt: skip
+    # the tiny preset upsamples to its short side of 256
+    assert body["network"] == {"width": 341, "height": 256, "scale": 1.065625}
+    assert body["refinement"] == {"refine": "none", "zoom": None}
     assert (body["task"], body["width"], body["height"], body["threshold"]) == (
         "camouflage", 320, 240, None,
     )  # fmt: skip
     assert base64.b64decode(body["mask_png_base64"]) == png  # the same mask as format=png
     assert body["model"] == {
         "task": "camouflage", "preset": "tiny", "version": "test",
-        "backend": "onnxruntime", "device": "cpu", "precision": "fp32", "gate": "",
-        "selection": "",
+        "backend": "onnxruntime", "device": "cpu", "repository_version": 1, "precision": "fp32",
+        "gate": "", "selection": "",
     }  # fmt: skip
     assert 0.0 <= body["foreground_fraction"] <= 1.0
     assert 0.5 <= body["mean_confidence"] <= 1.0
@@ -241,24 +274,28 @@ def test_segment_json_has_mask_and_statistics(client: TestClient, png_320x240: b
 
 
 def test_segment_json_with_threshold_reports_its_binary_mask(client: TestClient, png_320x240):
-    response = client.post(
-        "/segment/cod?format=json&threshold=0.2",
-        content=png_320x240,
-        headers={"content-type": "image/png"},
-    )
+    soft = np.asarray(decode_png(client.post("/segment/cod", content=png_320x240, headers=PNG)
+                                 .content))
+    levels = np.unique(soft)
+    assert levels.size >= 2, "the soft mask is constant; no threshold splits it"
+    # Halfway between two 8-bit levels, so `soft > threshold` is `soft_png > level` exactly:
+    # a non-empty, non-full mask whatever the (barely trained) model predicts.
+    level = int(levels[(levels.size - 1) // 2])
+    threshold = (level + 0.5) / 255
+    response = client.post(f"/segment/cod?format=json&threshold={threshold}",
+                           content=png_320x240, headers=PNG)
     assert response.status_code == 200
     body = response.json()
     mask = np.asarray(decode_png(base64.b64decode(body["mask_png_base64"]))) == 255
-    assert body["threshold"] == 0.2
+    expected = soft > level
+    assert body["threshold"] == pytest.approx(threshold)
+    assert (mask != expected).mean() <= 1e-3  # rounding ties at the level boundary only
     assert body["foreground_fraction"] == pytest.approx(mask.mean())
-    if mask.any():
-        ys, xs = np.nonzero(mask)
-        assert body["bbox"] == {
-            "x": int(xs.min()), "y": int(ys.min()),
-            "width": int(xs.max() - xs.min() + 1), "height": int(ys.max() - ys.min() + 1),
-        }  # fmt: skip
-    else:
-        assert body["bbox"] is None
+    ys, xs = np.nonzero(mask)
+    assert body["bbox"] == {
+        "x": int(xs.min()), "y": int(ys.min()),
+        "width": int(xs.max() - xs.min() + 1), "height": int(ys.max() - ys.min() + 1),
+    }  # fmt: skip
 
 
 def test_segment_rgba_is_cutout_with_mask_as_alpha(client: TestClient, png_320x240: bytes):
@@ -283,6 +320,15 @@ def test_segment_overlay_is_rgb_at_original_size(client: TestClient, png_320x240
     assert response.status_code == 200
     overlay = decode_png(response.content)
     assert (overlay.mode, overlay.size) == ("RGB", (320, 240))
+    # The soft mask blended over the image in the overlay colour: recomputed from the mask.
+    mask = np.asarray(
+        decode_png(client.post("/segment/sod", content=png_320x240, headers=PNG).content)
+    )
+    original = np.asarray(Image.open(io.BytesIO(png_320x240)).convert("RGB")).astype(np.float32)
+    weight = (mask.astype(np.float32) * OVERLAY_ALPHA / 255.0)[:, :, None]
+    expected = original * (1 - weight) + np.asarray(OVERLAY_COLOUR, np.float32) * weight
+    assert np.abs(np.asarray(overlay, np.float32) - expected).max() <= 1.0
+    assert np.abs(expected - original).max() > 20  # an echoed input would not pass
 
 
 def test_segment_applies_exif_orientation(client: TestClient) -> None:
@@ -467,7 +513,7 @@ def test_segment_over_pixel_limit_returns_413_before_decoding(make_settings) -> 
     [
         (
             "/segment/cod?format=gif",
-            "query.format: Input should be 'png', 'json', 'rgba' or 'overlay'",
+            "query.format: Input should be 'png', 'json', 'rgba', 'overlay' or 'webp'",
         ),
         ("/segment/cod?threshold=1.5", "query.threshold: Input should be less than or equal to 1"),
         (
@@ -543,3 +589,8 @@ def test_async_client_sees_same_mask_as_sync(make_settings, png_320x240: bytes) 
     response = run(scenario())
     assert isinstance(response, httpx.Response) and response.status_code == 200
     assert decode_png(response.content).size == (320, 240)
+    with TestClient(create_app(make_settings())) as sync_client:
+        sync = sync_client.post("/segment/cod", content=png_320x240, headers=PNG)
+    assert sync.status_code == 200
+    assert np.array_equal(np.asarray(decode_png(response.content)),
+                          np.asarray(decode_png(sync.content)))

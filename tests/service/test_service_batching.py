@@ -37,6 +37,12 @@ async def _until(predicate, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def _waiting(app) -> int:
+    """Tickets queued in camouflage's batcher or assembled into the executor's next batch."""
+    batcher = app.state.focus.models["camouflage"].batcher
+    return batcher.queued + batcher.executor.assembled
+
+
 def _error(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
@@ -117,14 +123,20 @@ def test_queue_full_returns_503_with_retry_after(make_settings, png_320x240: byt
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
             await _until(lambda: len(backend.batches) == 2)  # warm-up + the first request
+            # the second is assembled into the next batch while the first computes ...
             second = asyncio.create_task(
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
-            await _until(lambda: app.state.focus.models["camouflage"].batcher.queued == 1)
-            third = await client.post("/segment/cod", content=png_320x240, headers=PNG)
+            await _until(lambda: _waiting(app) == 1)
+            # ... the third waits in the queue, which is then full
+            third = asyncio.create_task(
+                client.post("/segment/cod", content=png_320x240, headers=PNG)
+            )
+            await _until(lambda: _waiting(app) == 2)
+            fourth = await client.post("/segment/cod", content=png_320x240, headers=PNG)
             backend.gate.set()
-            done = await asyncio.gather(first, second)
-            return third, done, (await client.get("/metrics")).text
+            done = await asyncio.gather(first, second, third)
+            return fourth, done, (await client.get("/metrics")).text
 
     third, done, metrics = run(scenario())
     assert third.status_code == 503
@@ -132,7 +144,7 @@ def test_queue_full_returns_503_with_retry_after(make_settings, png_320x240: byt
     assert third.json() == _error(
         "queue_full", "the camouflage queue is full (1 requests waiting); retry later"
     )
-    assert [r.status_code for r in done] == [200, 200]
+    assert [r.status_code for r in done] == [200, 200, 200]
     assert (
         metric_value(
             metrics, "focus_dropped_requests_total", task="camouflage", reason="queue_full"
@@ -252,7 +264,7 @@ def test_disconnected_client_is_dropped_before_compute(make_settings, png_320x24
             async def receive():
                 if messages:
                     return messages.pop(0)
-                await _until(lambda: batcher.queued == 1)
+                await _until(lambda: _waiting(app) == 1)
                 gone.set()
                 return {"type": "http.disconnect"}  # the client went away while queued
 
@@ -272,7 +284,9 @@ def test_disconnected_client_is_dropped_before_compute(make_settings, png_320x24
     assert batches == [1, 1]  # warm-up and the first request only: the abandoned one never ran
     assert sent[0]["status"] == 499
     assert (
-        metric_value(metrics, "focus_dropped_requests_total", task="camouflage", reason="cancelled")
+        metric_value(
+            metrics, "focus_dropped_requests_total", task="camouflage", reason="client_gone"
+        )
         == 1
     )
     assert metric_value(metrics, "focus_requests_total", task="camouflage", code="499") == 1
@@ -293,13 +307,12 @@ def test_graceful_shutdown_drains_the_queue(make_settings, png_320x240: bytes) -
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             backend = made["camouflage"]
-            batcher = app.state.focus.models["camouflage"].batcher
             backend.gate.clear()
             pending = [
                 asyncio.create_task(client.post("/segment/cod", content=png_320x240, headers=PNG))
                 for _ in range(3)
             ]
-            await _until(lambda: batcher.queued == 2 and len(backend.batches) == 2)
+            await _until(lambda: _waiting(app) == 2 and len(backend.batches) == 2)
             shutdown = asyncio.create_task(lifespan.__aexit__(None, None, None))
             await _until(lambda: not app.state.focus.ready)
             refused = await client.post("/segment/cod", content=png_320x240, headers=PNG)
@@ -321,7 +334,7 @@ def test_graceful_shutdown_drains_the_queue(make_settings, png_320x240: bytes) -
 def test_preprocessing_and_encoding_run_off_the_event_loop(
     make_settings, png_320x240: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import service.routes.segment as segment_route
+    import service.pipeline as segment_route  # segment_bytes, which the route runs
 
     threads: dict[str, int] = {}
     real_prepare, real_encode = segment_route.prepare, segment_route.encode

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from service_testing import free_port, image_bytes
@@ -170,3 +171,125 @@ def test_serve_runs_uvicorn_torch_free_and_stops_gracefully(model_repository) ->
     assert process.returncode in (0, -signal.SIGTERM), stderr
     assert "Application shutdown complete." in stderr
     assert "Traceback" not in stderr
+
+
+def _segment(model_repository: Path, *argv: str) -> int:
+    args = _parse("segment", "--task", "sod", "--model-repository", str(model_repository), *argv)
+    return args.func(args)
+
+
+def test_segment_refuses_to_replace_its_input_file(model_repository, tmp_path, capsys) -> None:
+    photo = tmp_path / "photo.png"
+    original = image_bytes(40, 50, seed=4)
+    photo.write_bytes(original)
+    for output in (photo, tmp_path):  # the file itself, or its folder
+        assert _segment(model_repository, "--input", str(photo), "--output", str(output)) == 2
+        err = capsys.readouterr().err
+        assert f"the result for {photo} would replace that input file" in err
+        assert "--overwrite" in err
+        assert photo.read_bytes() == original
+    code = _segment(
+        model_repository, "--input", str(photo), "--output", str(photo), "--overwrite"
+    )
+    assert code == 0
+    assert Image.open(photo).mode == "L"  # the mask replaced the photo, as asked
+
+
+def test_segment_in_place_never_replaces_another_input(model_repository, tmp_path, capsys):
+    (tmp_path / "a.jpg").write_bytes(image_bytes(30, 40, seed=5, fmt="JPEG"))
+    (tmp_path / "b.jpg").write_bytes(image_bytes(30, 40, seed=6, fmt="JPEG"))
+    png = image_bytes(30, 40, seed=7)
+    (tmp_path / "a.png").write_bytes(png)
+    # a.png is an input: refused as a whole before anything is written
+    assert _segment(model_repository, "--input", str(tmp_path), "--output", str(tmp_path)) == 2
+    assert "a.png would replace that input file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "a.png", "b.jpg"]
+    # with --overwrite only a.png's own result replaces it; a.jpg's goes beside it
+    code = _segment(
+        model_repository, "--input", str(tmp_path), "--output", str(tmp_path), "--overwrite"
+    )
+    assert code == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["a.jpg", "a.png", "a_jpg.png", "b.jpg", "b.png"]
+    assert Image.open(tmp_path / "a.png").mode == "L"
+
+
+def test_segment_single_file_to_a_named_result(model_repository, tmp_path) -> None:
+    (tmp_path / "x.jpg").write_bytes(image_bytes(30, 40, seed=8, fmt="JPEG"))
+    out = tmp_path / "masks" / "mine.json"
+    code = _segment(
+        model_repository, "--input", str(tmp_path / "x.jpg"), "--output", str(out),
+        "--format", "json",
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(out.read_text())["task"] == "salient"
+
+
+def test_segment_output_that_is_a_file_is_a_usage_error(model_repository, tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(image_bytes(20, 20))
+    (tmp_path / "notes.txt").write_text("keep me")
+    code = _segment(
+        model_repository, "--input", str(tmp_path / "x.png"), "--output",
+        str(tmp_path / "notes.txt"),
+    )  # fmt: skip
+    assert code == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_segment_missing_repository_names_both_ways_to_set_it(tmp_path, capsys) -> None:
+    (tmp_path / "x.png").write_bytes(image_bytes(20, 20))
+    code = _segment(
+        tmp_path / "nowhere", "--input", str(tmp_path / "x.png"), "--output", str(tmp_path / "o")
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"model repository {tmp_path / 'nowhere'} is not a directory" in err
+    assert "--model-repository DIR or FOCUS_MODEL_REPOSITORY=DIR" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_segment_skips_its_results_folder_inside_the_input(model_repository, folder, tmp_path):
+    out = folder / "masks"
+    for _ in range(2):  # the second run must not segment the first run's masks
+        assert _segment(model_repository, "--input", str(folder), "--output", str(out)) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert written == ["a.png", "a_png.png", "sub/b.png"]
+
+
+def test_segment_in_place_safety_covers_other_encodings(model_repository, tmp_path, capsys):
+    webp = tmp_path / "a.webp"
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(webp, "WEBP", lossless=True)
+    original = webp.read_bytes()
+    (tmp_path / "b.png").write_bytes(image_bytes(30, 40, seed=9))
+    argv = ("--input", str(tmp_path), "--output", str(tmp_path), "--format", "webp")
+    assert _segment(model_repository, *argv) == 2  # a.webp's mask would be a.webp
+    assert f"the result for {webp} would replace that input file" in capsys.readouterr().err
+    assert webp.read_bytes() == original and not (tmp_path / "b.webp").exists()
+    assert _segment(model_repository, *argv, "--overwrite") == 0
+    assert Image.open(webp).format == "WEBP" and Image.open(tmp_path / "b.webp").size == (40, 30)
+
+
+def test_segment_never_writes_a_mask_video_over_its_video(model_repository, tmp_path, capsys):
+    import cv2
+
+    clip = tmp_path / "clip.mkv"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"FFV1"), 5.0, (64, 48), True)
+    assert writer.isOpened()
+    for k in range(3):
+        writer.write(np.full((48, 64, 3), 40 * k, np.uint8))
+    writer.release()
+    original = clip.read_bytes()
+    for extra in ((), ("--overwrite",)):  # read while written: refused even when asked
+        code = _segment(
+            model_repository, "--input", str(clip), "--output", str(tmp_path), *extra
+        )
+        assert code == 2
+        err = capsys.readouterr().err
+        assert f"the result for {clip} would replace that input file" in err
+        assert "--overwrite to replace it" not in err
+    assert clip.read_bytes() == original
+    # another codec's container is another name: no clash
+    code = _segment(model_repository, "--input", str(clip), "--output", str(tmp_path),
+                    "--video-codec", "mp4v")  # fmt: skip
+    assert code == 0 and (tmp_path / "clip.mp4").is_file() and clip.read_bytes() == original

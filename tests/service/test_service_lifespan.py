@@ -98,6 +98,14 @@ def test_settings_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyP
         "workers": 1,
         "pull": None,
         "require_pull": False,
+        "max_inflight_per_task": 64,
+        "max_inflight_pixels": 40_000_000,
+        "read_timeout_s": 30.0,
+        "drain_delay_s": 5.0,
+        "model_versions": None,
+        "admin_key": None,
+        "repository_poll_s": 0.0,
+        "cache_mb": 0.0,
     }
 
 
@@ -110,6 +118,10 @@ def test_settings_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyP
         ({"max_batch_size": 0}, "Input should be greater than or equal to 1"),
         ({"timeout_s": 0}, "Input should be greater than 0"),
         ({"log_level": "loud"}, "Input should be 'critical', 'error', 'warning', 'info'"),
+        (
+            {"max_inflight_pixels": 1000, "max_pixels": 2000},
+            r"FOCUS_MAX_INFLIGHT_PIXELS \(1000\) must be at least FOCUS_MAX_PIXELS \(2000\)",
+        ),
     ],
 )
 def test_settings_reject_invalid_values(overrides: dict, message: str) -> None:
@@ -128,6 +140,8 @@ def test_each_app_has_its_own_metrics_registry(make_settings) -> None:
 
 
 def test_multiprocess_metrics_mode_aggregates_worker_files(model_repository, tmp_path) -> None:
+    """Two worker processes share PROMETHEUS_MULTIPROC_DIR: the second one's /metrics counts
+    the first one's request too (as gunicorn-style workers behind one scrape target do)."""
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir()
     code = textwrap.dedent(
@@ -136,7 +150,8 @@ def test_multiprocess_metrics_mode_aggregates_worker_files(model_repository, tmp
         from service.app import create_app
         from service.settings import Settings
 
-        app = create_app(Settings(model_repository={str(model_repository)!r}))
+        app = create_app(Settings(model_repository={str(model_repository)!r},
+                                  intra_op_threads=1))
         with TestClient(app) as client:
             data = open({str(tmp_path / "i.png")!r}, "rb").read()
             r = client.post("/segment/sod", content=data, headers={{"content-type": "image/png"}})
@@ -146,20 +161,29 @@ def test_multiprocess_metrics_mode_aggregates_worker_files(model_repository, tmp
     )
     (tmp_path / "i.png").write_bytes(image_bytes(60, 80))
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    assert 'focus_requests_total{code="200",task="salient"} 1.0' in result.stdout
-    assert any(metrics_dir.glob("*.db"))  # values went through the multiprocess files
+    outputs, pids = [], []
+    for _ in range(2):  # one after the other: two processes, two sets of files
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        outputs.append(out.splitlines())
+        pids.append(proc.pid)
+    line = 'focus_requests_total{{code="200",task="salient"}} {}'
+    assert line.format("1.0") in outputs[0]
+    assert line.format("2.0") in outputs[1]  # the first process's request is aggregated
+    written = {f.stem.rsplit("_", 1)[-1] for f in metrics_dir.glob("counter_*.db")}
+    assert {str(pid) for pid in pids} <= written
 
 
 def test_ready_reports_a_stopped_batcher(make_settings) -> None:
     async def scenario():
         app = create_app(make_settings())
         async with running(app) as client:
-            owner = app.state.focus.models["camouflage"].batcher._owner
-            owner.cancel()
+            owner = app.state.focus.models["camouflage"].batcher.executor.tasks[1]
+            owner.cancel()  # the device executor's runner died
             with contextlib.suppress(asyncio.CancelledError):
                 await owner
             return await client.get("/health/ready")

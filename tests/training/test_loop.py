@@ -271,3 +271,17 @@ def test_tensorboard_gets_scalars_and_previews(
     assert len(writer.scalars["loss/total"]) == 2 and "loss/dice" in writer.scalars
     assert {"train/lr", "train/images_per_s", "train/grad_norm"} <= set(writer.scalars)
     assert writer.images == [("preview", (3, 64, 192))] * 2  # steps 1 and 2
+
+
+def test_a_run_reports_progress_and_a_summary_on_the_console(
+    tmp_path: Path, cod: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train(_config(tmp_path / "run", cod, iters=4, log_every=2, progress=True))
+    err = capsys.readouterr().err.splitlines()  # not a terminal: plain lines, no bar
+    steps = [line for line in err if line.startswith("train step")]
+    assert [line.split()[2] for line in steps] == ["2/4", "4/4"]
+    assert all(" images/s " in line and " ETA " in line for line in steps)
+    first, last = (_log(tmp_path / "run")[i]["loss"]["total"] for i in (0, -1))
+    assert f"loss {first:.4f}" in steps[0]
+    assert err[-1].startswith("train: 4 steps (to step 4/4) in ")
+    assert err[-1].endswith(f"loss {first:.4f} -> {last:.4f}")
