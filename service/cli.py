@@ -341,10 +341,10 @@ def _repository_message(exc: Exception, repository: Path) -> str:
 def _segment_backend(settings: Any, task_name: str) -> tuple[Any, int]:
     """(backend, repository version) serving ``task_name`` from the settings' repository; usage
     errors as such."""
-    from models.repository import RepositoryError, scan_repository
-    from models.tasks import UnknownTaskError, canonical_task
     from models.contract import BackendUnavailableError
     from models.precision import GateRefusedError
+    from models.repository import RepositoryError, scan_repository
+    from models.tasks import UnknownTaskError, canonical_task
     from service.backends.factory import create_backend_from_settings
 
     try:
