@@ -401,7 +401,7 @@ def build_openvino(
 
     directory = onnx_path.parent
     card = ModelCard.load(directory)
-    source, recipe = onnx_path, {"source": ONNX_FILE}
+    source, recipe = onnx_path, dict[str, Any](source=ONNX_FILE)
     if write_ir:
         xml = directory / OPENVINO_XML_FILE
         recipe = write_openvino_ir(onnx_path, xml)
@@ -413,7 +413,7 @@ def build_openvino(
     made: list[Variant] = []
     speed: dict[str, float] = {}
     for precision in precisions:
-        path, this_recipe = source, dict(recipe)
+        path, this_recipe = source, dict[str, Any](recipe)
         if precision == "int8":
             path = directory / OPENVINO_INT8_XML_FILE
             this_recipe = quantize_openvino_int8(
