@@ -120,7 +120,10 @@ def test_settings_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyP
         ({"require_gpu": True}, "FOCUS_REQUIRE_GPU=true needs FOCUS_DEVICE=cuda"),
         ({"precision": "fp16"}, "FOCUS_PRECISION=fp16 needs FOCUS_DEVICE=cuda"),
         ({"backend": "openvino", "device": "cuda"}, "FOCUS_BACKEND=openvino runs on the CPU"),
-        ({"backend": "tflite"}, "Input should be 'auto', 'onnxruntime', 'openvino', 'tensorrt' or 'torch'"),
+        (
+            {"backend": "tflite"},
+            "Input should be 'auto', 'onnxruntime', 'openvino', 'tensorrt' or 'torch'",
+        ),
         ({"max_batch_size": 0}, "Input should be greater than or equal to 1"),
         ({"timeout_s": 0}, "Input should be greater than 0"),
         ({"log_level": "loud"}, "Input should be 'critical', 'error', 'warning', 'info'"),
