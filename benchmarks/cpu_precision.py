@@ -17,10 +17,10 @@ interleaved in one run (one call of every row per round, ``--warmup`` rounds dro
 * ``openvino f32`` / ``openvino bf16`` (inference-precision hint on the same ``model.onnx``),
   ``openvino int8`` (NNCF post-training quantization, ``--ov-int8-scope``; bf16 elsewhere).
 
-The cache is keyed by a hash of ``models/`` and ``export/``: artefacts exported from other
-sources are re-made. Weights: the reference harness's seeded random weights imported strictly
-(``models.official``) when ``--reference-scratch`` holds ``official_<S|L>_random.pth``, else
-seed 0. Columns: median ms,
+The cache is keyed by a hash of the network's and the exporter's sources (``GRAPH_SOURCES``):
+artefacts exported from other sources are re-made. Weights: the reference harness's seeded
+random weights imported strictly (``models.official``) when ``--reference-scratch`` holds
+``official_<S|L>_random.pth``, else seed 0. Columns: median ms,
 GFLOP/s (torch's flop count of the forward / time), speed-up vs reference fp32, and vs our
 PyTorch fp32 on ``--accuracy-images`` images: soft-mask max and mean |diff| and binary-mask IoU.
 A row is *gated* when its soft mean |diff| <= 0.01 (and, on trained weights, IoU >= 0.99; with
@@ -57,7 +57,20 @@ from module_profile import (  # noqa: E402
     torch_profile,
 )
 
-HARNESS = ROOT.parent.parent / "shared" / "tools" / "reference-harness"
+# shared/tools/reference-harness beside the checkout (or its parent), or $FOCUS_REFERENCE_HARNESS;
+# the reference process also needs $FOCUS_SRC when the FOCUS sources are not in $SCRATCH/src.
+HARNESS = next(
+    (
+        p
+        for p in (
+            Path(os.environ.get("FOCUS_REFERENCE_HARNESS", "/nonexistent")),
+            ROOT.parent / "shared" / "tools" / "reference-harness",
+            ROOT.parent.parent / "shared" / "tools" / "reference-harness",
+        )
+        if (p / "make_reference.py").is_file()
+    ),
+    ROOT.parent / "shared" / "tools" / "reference-harness",
+)
 TAGS = {"small": "S", "base": "B", "large": "L"}
 ALL_ROWS = (
     "reference fp32",
@@ -175,18 +188,30 @@ def prepare(preset: str, cache: Path, scratch: Path | None) -> Artefacts:
     return art
 
 
-DERIVED = ("model.onnx", "model.onnx.data", "model.int8.onnx", "model.int8-vit.onnx",
+DERIVED = ("model.onnx", "model.onnx.data", "model.int8-dynamic.onnx", "model.int8-static.onnx",
+           "model.int8-dynamic-scoped.onnx", "model.int8-static-scoped.onnx",
            "openvino_int8", "openvino_cache", "export.log", "build.log")  # fmt: skip
 
 
+# The sources the exported graph depends on: the network's modules, its presets and the exporter
+# (not the card schema, the runtimes or the quantizers, whose changes need no new trace).
+GRAPH_SOURCES = (
+    *(f"models/{m}.py" for m in ("adapter", "backbone", "build", "clip", "config", "edge", "focus",
+                                 "layers", "msda", "pixel_decoder", "position",
+                                 "transformer_decoder", "vit")),
+    "export/onnx.py",
+    "export/graph.py",
+)  # fmt: skip
+
+
 def _source_key() -> str:
-    """Hash of the code the exported graph depends on (models/, export/)."""
+    """Hash of the code the exported graph depends on (:data:`GRAPH_SOURCES`)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for package in ("models", "export"):
-        for path in sorted((ROOT / package).rglob("*.py")):
-            digest.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
+    for name in GRAPH_SOURCES:
+        path = ROOT / name
+        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b""))
     return digest.hexdigest()[:16]
 
 
@@ -220,52 +245,45 @@ def build_artefacts(preset: str, args: argparse.Namespace) -> None:
     Quantization peaks at several times the model's size; in a child process that memory goes
     back to the system before the timed rows load.
     """
-    from models.config import ModelCard
-
     art = prepare(preset, args.cache, args.reference_scratch)
-    card = ModelCard.load(art.checkpoint)
     if "onnxruntime int8" in args.rows:
-        ort_int8(art, args.ort_int8_scope)
+        ort_int8(art, args.ort_int8_mode, args.ort_int8_scope)
     if "openvino int8" in args.rows:
-        openvino_int8(art, args.ov_int8_scope, samples(card, args.calibration, args.size))
+        openvino_int8(art, args.ov_int8_scope)
+    for name in args.rows:  # fill OpenVINO's compile cache, so the timed process imports
+        if name.startswith("openvino"):
+            precision = {"f32": "fp32"}.get(name.split()[1], name.split()[1])
+            path = openvino_int8(art, args.ov_int8_scope) if precision == "int8" else art.onnx
+            start = time.perf_counter()
+            predictor = openvino_predictor(
+                path, precision, args.threads, art.directory / "openvino_cache"
+            )
+            if not predictor.loaded_from_cache:
+                _note(art, f"{name}: compiled in {time.perf_counter() - start:.0f} s (cached)")
+            predictor.close()
 
 
 def _export_line(line: str) -> bool:
     return line.startswith(("wrote ", "export took", "parity"))
 
 
-def ort_int8(art: Artefacts, scope: str | None) -> Path:
-    """Dynamic int8 (MatMul/Gemm weights int8, activations quantized per call), once."""
-    import re
+def ort_int8(art: Artefacts, mode: str, scope: str | None) -> Path:
+    """int8 ONNX by the export's own code (``export.precision.quantize_int8``), once.
 
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    ``scope``: quantize only the MatMul/Gemm of these module paths (everything else excluded).
+    """
+    from export.precision import DEFAULT_INT8_EXCLUDE, quantize_int8
+    from models.config import ModelCard
 
-    from export.graph import node_module
-
-    name = "model.int8.onnx" if scope is None else "model.int8-vit.onnx"
+    name = f"model.int8-{mode}.onnx" if scope is None else f"model.int8-{mode}-scoped.onnx"
     out = art.directory / name
     if out.is_file():
         return out
-    nodes = None
-    if scope is not None:
-        proto = onnx.load(str(art.onnx), load_external_data=False)
-        nodes = [
-            n.name
-            for n in proto.graph.node
-            if n.op_type in ("MatMul", "Gemm") and re.search(scope, node_module(n.name))
-        ]
-        del proto
-    start = time.perf_counter()
-    quantize_dynamic(
-        art.onnx,
-        out,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        nodes_to_quantize=nodes,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
+    exclude = DEFAULT_INT8_EXCLUDE if scope is None else f"^(?!{scope.lstrip('^')})"
+    recipe = quantize_int8(
+        art.onnx, out, ModelCard.load(art.checkpoint), mode=mode, exclude=exclude
     )
-    _note(art, f"{name}: quantize_dynamic in {time.perf_counter() - start:.0f} s")
+    _note(art, f"{name}: export.precision.quantize_int8 {recipe}")
     return out
 
 
@@ -336,80 +354,33 @@ def torch_rows(model: Any, threads: int) -> dict[str, Callable]:
     return {"pytorch fp32": fp32, "pytorch bf16": bf16}
 
 
-_CORE: list[Any] = []  # one ov.Core for the process: compiled models must not outlive theirs
+def openvino_predictor(
+    path: Path, precision: str, threads: int, cache: Path, perf: bool = False
+) -> Any:
+    """The service's OpenVINO runtime (models.runtime.openvino), one cache folder per precision."""
+    from models.runtime.openvino import OpenVinoPredictor
+
+    return OpenVinoPredictor(
+        path,
+        precision=precision,
+        threads=threads,
+        cache_dir=None if perf else cache / f"{path.name}-{precision}",
+        extra_config={"PERF_COUNT": True} if perf else None,
+    )
 
 
-def openvino_core() -> Any:
-    import openvino as ov
+def openvino_int8(art: Artefacts, scope: str) -> Path:
+    """NNCF int8 IR by the export's own code (``export.precision.quantize_openvino_int8``)."""
+    from export.precision import quantize_openvino_int8
+    from models.config import ModelCard
 
-    if not _CORE:
-        _CORE.append(ov.Core())
-    return _CORE[0]
-
-
-def openvino_compile(path: Path, precision: str, threads: int, cache: Path, perf: bool) -> Any:
-    config = {
-        "INFERENCE_PRECISION_HINT": precision,
-        "INFERENCE_NUM_THREADS": threads,
-        "NUM_STREAMS": 1,
-        "PERFORMANCE_HINT": "LATENCY",
-        # One cache folder per precision: OpenVINO 2026.4 segfaults on the first inference of
-        # the second of two models compiled from one graph into one shared CACHE_DIR.
-        "CACHE_DIR": str(cache / f"{path.stem}-{precision}"),
-    }
-    if perf:
-        config["PERF_COUNT"] = True
-        config.pop("CACHE_DIR")
-    return openvino_core().compile_model(str(path), "CPU", config)
-
-
-def openvino_int8(art: Artefacts, scope: str, calibration: list[Sample]) -> Path:
-    """NNCF post-training int8 of the modules matching ``scope`` (bf16 elsewhere), once."""
-    import re
-
-    import nncf
-    import openvino as ov
-
-    from export.graph import node_module
-
-    out = art.directory / "openvino_int8" / "model.xml"
+    out = art.directory / "openvino_int8" / "model.int8.xml"
     if out.is_file():
         return out
-    start = time.perf_counter()
-    model = openvino_core().read_model(str(art.onnx))
-    outside = [
-        op.get_friendly_name()
-        for op in model.get_ordered_ops()
-        if op.get_type_name() in ("MatMul", "Convolution")
-        and not re.search(scope, node_module(op.get_friendly_name()))
-    ]
-    data = nncf.Dataset(calibration, lambda s: {"image": s.image, "edges": s.edges})
-    quantized = nncf.quantize(
-        model,
-        data,
-        subset_size=len(calibration),
-        model_type=nncf.ModelType.TRANSFORMER,
-        ignored_scope=nncf.IgnoredScope(names=outside, validate=False),
-    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(quantized, str(out))
-    _note(
-        art,
-        f"openvino int8: NNCF on {len(calibration)} synthetic images, int8 scope {scope!r} "
-        f"({len(outside)} MatMul/Conv left in bf16), {time.perf_counter() - start:.0f} s",
-    )
+    recipe = quantize_openvino_int8(art.onnx, out, ModelCard.load(art.checkpoint), scope=scope)
+    _note(art, f"openvino int8: export.precision.quantize_openvino_int8 {recipe}")
     return out
-
-
-def ov_predict(compiled: Any) -> Callable:
-    request = compiled.create_infer_request()
-
-    def run(image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = request.infer({"image": image, "edges": edges})
-        values = {k.get_any_name(): v for k, v in out.items()}
-        return values["class_probs"], values["mask_logits"]
-
-    return run
 
 
 class ReferenceProcess:
@@ -458,7 +429,9 @@ def compare(row: Row, reference: list[tuple[np.ndarray, np.ndarray]], data: list
 
     soft_max, soft_mean, iou = 0.0, 0.0, 1.0
     for (ref_p, ref_m), s in zip(reference, data, strict=True):
+        start = time.perf_counter()
         p, m = row.run(s.image, s.edges)
+        print(f"    {row.name}: accuracy image in {time.perf_counter() - start:.1f} s", flush=True)
         sizes = (s.prepared.padded_size, s.prepared.resized_size, s.prepared.original_size)
         soft_r, bin_r = postprocess(ref_p[0], ref_m[0], *sizes)
         soft_c, bin_c = postprocess(
@@ -486,7 +459,11 @@ def time_rounds(
             row.run(sample.image, sample.edges)
             if r >= warmup:
                 row.times.append(time.perf_counter() - start)
-        print(f"  round {r + 1}/{warmup + repeats} done ({load_text()})", flush=True)
+        timed = r >= warmup
+        times = [f"reference {ref_times[-1]:.2f} s"] if reference is not None and timed else []
+        times += [f"{row.name} {row.times[-1]:.2f} s" for row in rows if timed and row.times]
+        print(f"  round {r + 1}/{warmup + repeats} done ({load_text()}): {'; '.join(times)}",
+              flush=True)  # fmt: skip
     return ref_times
 
 
@@ -518,19 +495,18 @@ def build_rows(
             elif name.startswith("onnxruntime"):
                 from models.runtime.onnxruntime import OnnxRuntimePredictor
 
-                path = art.onnx if name.endswith("fp32") else ort_int8(art, args.ort_int8_scope)
+                path = (
+                    art.onnx
+                    if name.endswith("fp32")
+                    else ort_int8(art, args.ort_int8_mode, args.ort_int8_scope)
+                )
                 predictor = OnnxRuntimePredictor(path, intra_op_threads=args.threads)
                 row.run, row.close = predictor.infer, predictor.close
             elif name.startswith("openvino"):
-                precision = name.split()[1]
-                if precision == "int8":
-                    path = openvino_int8(art, args.ov_int8_scope, data[: args.calibration])
-                    precision = "bf16"
-                else:
-                    path = art.onnx
-                compiled = openvino_compile(path, precision, args.threads, ov_cache, False)
-                row.run = ov_predict(compiled)
-                row.close = lambda c=compiled: None
+                precision = {"f32": "fp32"}.get(name.split()[1], name.split()[1])
+                path = openvino_int8(art, args.ov_int8_scope) if precision == "int8" else art.onnx
+                predictor = openvino_predictor(path, precision, args.threads, ov_cache)
+                row.run, row.close = predictor.infer, predictor.close
                 row.setup_path = path  # type: ignore[attr-defined]
             else:
                 raise ValueError(f"unknown row {name!r}; choose from {', '.join(ALL_ROWS)}")
@@ -563,20 +539,18 @@ def profile_rows(
                 model, lambda r=row: r.run(sample.image, sample.edges)
             )
         elif row.name.startswith("onnxruntime"):
-            path = art.onnx if row.name.endswith("fp32") else ort_int8(art, args.ort_int8_scope)
+            path = (
+                art.onnx
+                if row.name.endswith("fp32")
+                else ort_int8(art, args.ort_int8_mode, args.ort_int8_scope)
+            )
             profiles[row.name] = onnxruntime_profile(path, feeds, args.threads, art.directory)
         elif row.name.startswith("openvino"):
-            precision = row.name.split()[1]
+            precision = {"f32": "fp32"}.get(row.name.split()[1], row.name.split()[1])
             path = getattr(row, "setup_path", art.onnx)
-            compiled = openvino_compile(
-                path,
-                "bf16" if precision == "int8" else precision,
-                args.threads,
-                art.directory,
-                True,
-            )
-            profiles[row.name] = openvino_profile(compiled, feeds)
-            del compiled
+            predictor = openvino_predictor(path, precision, args.threads, art.directory, True)
+            profiles[row.name] = openvino_profile(predictor.compiled, feeds)
+            predictor.close()
         print(f"  profiled {row.name}", flush=True)
     return profiles
 
@@ -754,6 +728,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=Path(os.environ["SCRATCH"]) if os.environ.get("SCRATCH") else None,
         help="reference-harness SCRATCH (default $SCRATCH)",
+    )
+    p.add_argument(
+        "--ort-int8-mode",
+        choices=("dynamic", "static"),
+        default="dynamic",
+        help="ONNX Runtime int8: dynamic or static QDQ (export.precision.quantize_int8)",
     )
     p.add_argument(
         "--ort-int8-scope",

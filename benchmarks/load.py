@@ -16,6 +16,11 @@ have stopped, so nothing competes for the CPU. ``--url`` benchmarks an already r
 instead (then only that server's numbers, without the batching comparison).
 
     python benchmarks/load.py --model-repository model_repository --task camouflage
+    python benchmarks/load.py --backend auto   # the fastest gated precision variant (issue 17)
+
+``--backend`` / ``--precision`` set FOCUS_BACKEND / FOCUS_PRECISION for the servers and choose
+the raw backend the same way (``service.backends.factory``), so a variant is compared with
+itself; the table header names the backend and precision the server really loaded.
 """
 
 from __future__ import annotations
@@ -195,16 +200,30 @@ async def run_level(
 
 
 def raw_backend_throughput(
-    repository: Path, task: str, image: bytes, batch: int, duration_s: float, threads: int
-) -> float:
-    """Images/s of the backend alone on pre-processed batches of ``batch`` copies of ``image``."""
+    repository: Path,
+    task: str,
+    image: bytes,
+    batch: int,
+    duration_s: float,
+    threads: int,
+    backend_name: str = "onnxruntime",
+    precision: str = "auto",
+) -> tuple[float, str]:
+    """Images/s of the backend alone on pre-processed batches of ``batch`` copies of ``image``,
+    and which backend and precision that was."""
     from models.repository import scan_repository
-    from service.backends.factory import create_backend
+    from service.backends.factory import VariantOptions, create_backend
     from service.pipeline import limit_library_threads, prepare
 
     limit_library_threads()
     entry = scan_repository(repository)[task]
-    backend = create_backend(entry, backend="onnxruntime", intra_op_threads=threads)
+    backend = create_backend(
+        entry,
+        backend=backend_name,
+        intra_op_threads=threads,
+        variants=VariantOptions(precision=precision, openvino_cache=_openvino_cache()),
+    )
+    loaded = f"{backend.name} {backend.precision}"
     prepared = prepare(image, entry.card, 10**9).inputs
     images = np.stack([prepared.image] * batch)
     edges = np.stack([prepared.edges] * batch)
@@ -215,7 +234,11 @@ def raw_backend_throughput(
         done += batch
     rate = done / (time.perf_counter() - started)
     backend.close()
-    return rate
+    return rate, loaded
+
+
+def _openvino_cache() -> Path:
+    return Path(os.environ.get("FOCUS_OPENVINO_CACHE", "/tmp/focus-load-openvino-cache"))
 
 
 # ------------------------------------------------------------------------------ report
@@ -249,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-delay-ms", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=0, help="FOCUS_INTRA_OP_THREADS")
     parser.add_argument("--api-key", help="X-API-Key to send")
+    parser.add_argument("--backend", default="onnxruntime", help="FOCUS_BACKEND (onnxruntime)")
+    parser.add_argument("--precision", default="auto", help="FOCUS_PRECISION (auto)")
     args = parser.parse_args(argv)
 
     height, width = (int(v) for v in args.size.lower().split("x"))
@@ -258,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     results: list[LevelResult] = []
 
     def levels(base: str, config: str) -> None:
+        tasks = httpx.get(f"{base}/tasks", headers=headers, timeout=30).json()["tasks"]
+        model = next(t["model"] for t in tasks if t["name"] == args.task)
+        print(f"  {config}: server loaded {model['backend']} {model.get('precision', '?')} "
+              f"{model.get('selection', '')}", file=sys.stderr)  # fmt: skip
         for c in args.concurrency:
             result = asyncio.run(
                 run_level(base, args.task, images, c, args.duration, config, headers)
@@ -274,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         "FOCUS_MAX_DELAY_MS": str(args.max_delay_ms),
         "FOCUS_INTRA_OP_THREADS": str(args.threads),
         "FOCUS_LOG_LEVEL": "warning",
+        "FOCUS_BACKEND": args.backend,
+        "FOCUS_PRECISION": args.precision,
+        "FOCUS_OPENVINO_CACHE": str(_openvino_cache()),
     }
     batched = f"batch<={args.max_batch_size}"
     for config, size in ((batched, args.max_batch_size), ("batch=1", 1)):
@@ -285,12 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     on = next(r for r in results if r.config == batched and r.concurrency == top)
     off = next(r for r in results if r.config == "batch=1" and r.concurrency == top)
     raw_batch = max(1, round(on.mean_batch)) if np.isfinite(on.mean_batch) else 1
-    raw = raw_backend_throughput(
-        args.model_repository, args.task, images[0], raw_batch, args.duration, args.threads
-    )
+    raw, loaded = raw_backend_throughput(
+        args.model_repository, args.task, images[0], raw_batch, args.duration, args.threads,
+        args.backend, args.precision,
+    )  # fmt: skip
+    print(f"FOCUS_BACKEND={args.backend} FOCUS_PRECISION={args.precision}: {loaded}")
     print_table(results)
     print()
-    print(f"raw backend (onnxruntime, in-process, batch {raw_batch}): {raw:.2f} img/s")
+    print(f"raw backend ({loaded}, in-process, batch {raw_batch}): {raw:.2f} img/s")
     print(f"batching ratio (batch<={args.max_batch_size} / batch=1 at c={top}): "
           f"{on.images_per_s / off.images_per_s:.2f}")  # fmt: skip
     print(f"p99/p50 at c={top} with batching: {on.percentile_ms(99) / on.percentile_ms(50):.2f}")

@@ -69,10 +69,11 @@ def register(subparsers: Any) -> None:
         help="export a checkpoint to ONNX, an ONNX graph to TensorRT, a repository to Triton",
     )
     sub = export.add_subparsers(
-        dest="export_command", required=True, metavar="{onnx,tensorrt,triton}"
+        dest="export_command", required=True, metavar="{onnx,tensorrt,openvino,triton}"
     )
     _register_onnx(sub)
     _register_tensorrt(sub)
+    _register_openvino(sub)
     _register_triton(sub)
     _register_pipeline(subparsers)
     _register_pull(subparsers)
@@ -91,8 +92,15 @@ def _register_onnx(sub: Any) -> None:
         "|diff| <= 1e-4; fp16: mean |diff| <= 1e-2 and binary IoU >= 0.99). Fails (exit 1) "
         "with the measured numbers when parity fails.",
     )
-    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")
-    p.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="checkpoint directory")
+    source.add_argument(
+        "--onnx",
+        type=Path,
+        help="an exported fp32 model.onnx (with focus.json beside it): make only the "
+        "--precision int8 variant beside it, without exporting again",
+    )
+    p.add_argument("--out", type=Path, help="output .onnx file (with --checkpoint)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
     p.add_argument(
         "--fp16", action="store_true", help="fp16 weights and compute (float32 inputs/outputs)"
@@ -103,11 +111,103 @@ def _register_onnx(sub: Any) -> None:
         help="weights in <out>.data beside the graph even under protobuf's 2 GB limit "
         "(automatic above it, e.g. giant)",
     )
+    _register_variant_options(p)
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="int8: also write model.int8.onnx beside model.onnx (ONNX Runtime quantization) "
+        "and record its accuracy gate vs fp32 in focus.json (default fp32: no variant)",
+    )
+    p.add_argument(
+        "--int8-mode",
+        choices=("dynamic", "static"),
+        default="dynamic",
+        help="dynamic: int8 weights, activations quantized per call; static: QDQ with "
+        "activation ranges calibrated on synthetic scenes (default dynamic, see RESULTS.md)",
+    )
+    p.add_argument(
+        "--int8-exclude",
+        default=None,
+        metavar="REGEX",
+        help="module paths (e.g. 'sem_seg_head') whose MatMul/Gemm stay fp32 (default: the "
+        "measured default of export.precision)",
+    )
     _add_verbose(p)
     p.set_defaults(func=_cmd_onnx)
 
 
+def _register_variant_options(p: Any) -> None:
+    """Options shared by every command that gates a precision variant."""
+    trained = p.add_mutually_exclusive_group()
+    trained.add_argument(
+        "--trained",
+        dest="trained",
+        action="store_const",
+        const=True,
+        default=None,
+        help="enforce the binary-IoU gate (default: when focus.json records training)",
+    )
+    trained.add_argument(
+        "--untrained",
+        dest="trained",
+        action="store_const",
+        const=False,
+        help="random weights: gate on the soft mask only (binary IoU recorded, not enforced)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="runtime threads (0: library default)")
+    p.add_argument(
+        "--calibration-images",
+        type=_positive_int,
+        default=8,
+        help="synthetic scenes used to calibrate int8 activation ranges (8)",
+    )
+
+
+def _print_gate(variant: Any) -> bool:
+    gate = variant.gate
+    verdict = "passed" if gate.passed else "FAILED: " + "; ".join(gate.failures())
+    print(f"gate {variant.name} ({variant.artefact}): {gate.summary()}: {verdict}")
+    return bool(gate.passed)
+
+
+def _cmd_int8(args: argparse.Namespace, onnx_path: Path) -> int:
+    from export.precision import DEFAULT_INT8_EXCLUDE, build_int8
+
+    try:
+        variant = build_int8(
+            onnx_path,
+            mode=args.int8_mode,
+            exclude=DEFAULT_INT8_EXCLUDE if args.int8_exclude is None else args.int8_exclude,
+            calibration_images=args.calibration_images,
+            trained=args.trained,
+            threads=args.threads,
+        )
+    except ImportError as exc:
+        print(f"error: int8 needs onnxruntime's quantization tools and onnx ({exc})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_UNAVAILABLE
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"recorded the gate in {onnx_path.parent / CARD_FILE}")
+    return 0 if _print_gate(variant) else EXIT_FAILED
+
+
 def _cmd_onnx(args: argparse.Namespace) -> int:
+    if args.onnx is not None:
+        if args.precision != "int8":
+            print("error: --onnx needs --precision int8 (an fp32 export needs --checkpoint)",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
+        if not args.onnx.is_file() or not (args.onnx.parent / CARD_FILE).is_file():
+            print(f"error: {args.onnx}: no such ONNX file with {CARD_FILE} beside it",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
+        return _cmd_int8(args, args.onnx)
+    if args.out is None:
+        print("error: --checkpoint needs --out", file=sys.stderr)
+        return EXIT_USAGE
     if args.opset < 17:
         print(
             f"error: --opset must be >= 17 (TensorRT, LayerNormalization), got {args.opset}",
@@ -155,6 +255,8 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
             f"mean |diff| {report['soft_mean_abs']:.3g}, binary IoU min {report['min_iou']:.6f} "
             f"({report['runs']} masks): ok"
         )
+    if args.precision == "int8":
+        return _cmd_int8(args, Path(result["onnx"]))
     return 0
 
 
@@ -252,6 +354,79 @@ def _cmd_tensorrt(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"parity vs ONNX Runtime: {report.summary()}: ok")
     return 0
+
+
+# ----------------------------------------------------------------------------- openvino
+
+
+def _register_openvino(sub: Any) -> None:
+    p = sub.add_parser(
+        "openvino",
+        help="ONNX -> OpenVINO IR (model.xml) beside it, gated per precision in focus.json",
+        description="Write model.xml + model.bin (fp32 weights) beside model.onnx and, for each "
+        "--precision, run it on OpenVINO with that inference-precision hint against ONNX Runtime "
+        "fp32 on 8 images through the shared post-processing; the gate (soft-mask mean |diff| "
+        "<= 0.01, and binary IoU >= 0.99 on trained models) goes into focus.json. int8 (NNCF "
+        "post-training quantization of --int8-scope, bf16 elsewhere) is kept only when it is "
+        "faster than bf16 here. Exit 1 when a gate fails (the variant is recorded as failed).",
+    )
+    p.add_argument("--onnx", type=Path, required=True, help="exported fp32 model.onnx")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        choices=("fp32", "bf16", "int8"),
+        default=["fp32", "bf16"],
+        help="precisions to gate (default fp32 bf16)",
+    )
+    p.add_argument(
+        "--no-ir",
+        action="store_true",
+        help="write no IR: OpenVINO reads model.onnx (smaller repository; compiles from ONNX)",
+    )
+    p.add_argument(
+        "--int8-scope",
+        default=None,
+        metavar="REGEX",
+        help="module paths NNCF quantizes (default: the ViT blocks, r'^backbone\\.blocks\\.')",
+    )
+    p.add_argument(
+        "--keep-slower-int8", action="store_true", help="keep int8 even when not faster than bf16"
+    )
+    _register_variant_options(p)
+    p.set_defaults(func=_cmd_openvino)
+
+
+def _cmd_openvino(args: argparse.Namespace) -> int:
+    if not args.onnx.is_file() or not (args.onnx.parent / CARD_FILE).is_file():
+        print(f"error: {args.onnx}: no such ONNX file with {CARD_FILE} beside it", file=sys.stderr)
+        return EXIT_USAGE
+    from export.precision import VIT_SCOPE, build_openvino
+    from models.contract import BackendUnavailableError
+
+    order = [p for p in ("fp32", "bf16", "int8") if p in args.precision]
+    try:
+        variants = build_openvino(
+            args.onnx,
+            order,
+            write_ir=not args.no_ir,
+            int8_scope=args.int8_scope or VIT_SCOPE,
+            calibration_images=args.calibration_images,
+            keep_slower_int8=args.keep_slower_int8,
+            trained=args.trained,
+            threads=args.threads,
+        )
+    except ImportError as exc:
+        print(f"error: needs openvino (and nncf for int8): {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except BackendUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    results = [_print_gate(v) for v in variants]
+    print(f"recorded {len(variants)} gate(s) in {args.onnx.parent / CARD_FILE}")
+    return 0 if all(results) else EXIT_FAILED
 
 
 # ----------------------------------------------------------------------------- triton

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from models.contract import CARD_FILE
+from models.precision import (
+    CARD_KEY,
+    Variant,
+    variants_from_card_dict,
+    variants_to_card_dict,
+)
 
 SCHEMA_VERSION = 2  # 2: input geometry only under "input" (1 repeated it in "config")
 READABLE_SCHEMAS = (1, 2)
@@ -223,6 +229,8 @@ class ModelCard:
     prompts: tuple[str, str] = ("", "")
     version: str = "0"
     provenance: dict[str, Any] = field(default_factory=dict)
+    # precision variants beside the fp32 model and their accuracy gates (models/precision.py)
+    variants: tuple[Variant, ...] = ()
 
     @property
     def input_short_side(self) -> int:
@@ -253,6 +261,7 @@ class ModelCard:
             "prompts": list(self.prompts),
             "config": {k: v for k, v in self.config.to_dict().items() if k not in _GEOMETRY_KEYS},
             "provenance": self.provenance,
+            **({CARD_KEY: variants_to_card_dict(self.variants)} if self.variants else {}),
         }
 
     def to_json(self) -> str:
@@ -282,6 +291,7 @@ class ModelCard:
             pixel_std=tuple(inp["pixel_std"]),
             prompts=tuple(data.get("prompts", ("", ""))),
             provenance=dict(data.get("provenance", {})),
+            variants=variants_from_card_dict(data),
         )
 
     @classmethod

@@ -51,6 +51,12 @@ ENGINE_FILE = "model.engine"
 ENGINE_SIDECAR_FILE = "model.engine.json"
 PIPELINE_REPORT_FILE = "pipeline.json"
 EXTERNAL_DATA_SUFFIX = ".data"  # model.onnx -> model.onnx.data
+# Precision variants (models/precision.py): int8 ONNX (ONNX Runtime quantization) and OpenVINO
+# IR (an .xml graph + .bin weights of the same stem) written beside model.onnx by `focus export`.
+INT8_ONNX_FILE = "model.int8.onnx"
+OPENVINO_XML_FILE = "model.xml"  # fp32 weights; run in f32 or bf16 by the precision hint
+OPENVINO_INT8_XML_FILE = "model.int8.xml"  # NNCF post-training int8
+OPENVINO_BIN_SUFFIX = ".bin"  # model.xml -> model.bin
 
 
 def external_data_file(onnx_file: str) -> str:
@@ -61,6 +67,11 @@ def external_data_file(onnx_file: str) -> str:
 def onnx_variant_file(precision: str) -> str:
     """``model.onnx`` for fp32, ``model.<precision>.onnx`` for a reduced-precision variant."""
     return ONNX_FILE if precision == "fp32" else f"model.{precision}.onnx"
+
+
+def openvino_weights_file(xml_file: str) -> str:
+    """The weights file of an OpenVINO IR graph (``model.xml`` -> ``model.bin``)."""
+    return xml_file.removesuffix(".xml") + OPENVINO_BIN_SUFFIX
 
 
 def engine_sidecar_path(engine_path: str | Path) -> Path:

@@ -17,10 +17,23 @@ from models.processing import postprocess, preprocess_with_card
 
 
 class TorchPredictor:
-    """An eval-mode FOCUS module on ``device``; numpy in, float32 numpy out."""
+    """An eval-mode FOCUS module on ``device``; numpy in, float32 numpy out.
 
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu") -> None:
+    ``precision`` bf16 / fp16 runs the forward under ``torch.autocast`` (weights stay fp32;
+    matrix products and convolutions in the lower precision): bf16 on CPU or CUDA, fp16 on CUDA.
+    """
+
+    AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(
+        self, model: nn.Module, device: str | torch.device = "cpu", precision: str = "fp32"
+    ) -> None:
         self.device = torch.device(device)
+        if precision not in ("fp32", *self.AUTOCAST):
+            raise ValueError(f"unknown torch precision {precision!r}; use fp32, bf16 or fp16")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("fp16 autocast needs CUDA; on the CPU use bf16")
+        self.precision = precision
         self.model = model.to(self.device).eval()
 
     @torch.inference_mode()
@@ -28,7 +41,9 @@ class TorchPredictor:
         n, _, h, w = image.shape
         x = torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.device)
         e = torch.from_numpy(np.ascontiguousarray(edges, np.float32)).to(self.device)
-        class_probs, mask_logits = self.model(x, e)
+        dtype = self.AUTOCAST.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            class_probs, mask_logits = self.model(x, e)
         return check_outputs(
             class_probs.float().cpu().numpy(), mask_logits.float().cpu().numpy(), n, h, w
         )

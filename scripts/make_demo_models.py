@@ -11,6 +11,10 @@ held-out split, exports ONNX with the PyTorch parity check and publishes
 checkpoint with its inference weights only (the training-only modules dropped, as
 ``models.checkpoint.save_inference_weights`` writes them). These models have only ever seen
 synthetic images: they demonstrate the service, they are not useful on photographs.
+
+Then the precision variants (``--no-variants`` skips them; ``scripts/make_demo_variants.py``
+alone rebuilds them): ``model.int8.onnx`` (ONNX Runtime dynamic int8) and OpenVINO fp32 / bf16
+on ``model.onnx`` (no IR, to keep the repository small), each gated against fp32 in focus.json.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ def main() -> int:
     ap.add_argument("--eval-n", type=int, default=40)
     ap.add_argument("--out", type=Path, default=ROOT / "model_repository")
     ap.add_argument("--work", type=Path, default=None, help="keep data and runs here")
+    ap.add_argument("--no-variants", dest="variants", action="store_false",
+                    help="skip the int8 / OpenVINO bf16 variants")  # fmt: skip
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="focus-demo-"))
     failed = []
@@ -81,6 +87,10 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 - report every task, then fail
             print(f"{task}: FAILED: {exc}", file=sys.stderr)
             failed.append(task)
+    if args.variants and not failed:
+        from make_demo_variants import build_variants
+
+        return build_variants(args.out, args.tasks)
     return 1 if failed else 0
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 FORMATS = ("png", "json", "rgba", "overlay", "webp")
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 
 
 def _unit_float(text: str) -> float:
@@ -82,6 +82,11 @@ def register(subparsers: Any) -> None:
     segment.add_argument("--threshold", type=_unit_float, help="binarise the mask at this value")
     _add_refinement_arguments(segment)
     segment.add_argument("--backend", choices=BACKENDS, help="inference backend (FOCUS_BACKEND)")
+    segment.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16", "int8"),
+        help="precision variant (FOCUS_PRECISION); a variant's accuracy gate must have passed",
+    )
     segment.add_argument("--device", choices=("cpu", "cuda"), help="device (FOCUS_DEVICE)")
     segment.add_argument(
         "--model-repository", type=Path, help="model repository (FOCUS_MODEL_REPOSITORY)"
@@ -336,9 +341,11 @@ def _repository_message(exc: Exception, repository: Path) -> str:
 def _segment_backend(settings: Any, task_name: str) -> tuple[Any, int]:
     """(backend, repository version) serving ``task_name`` from the settings' repository; usage
     errors as such."""
+    from models.contract import BackendUnavailableError
+    from models.precision import GateRefusedError
     from models.repository import RepositoryError, scan_repository
     from models.tasks import UnknownTaskError, canonical_task
-    from service.backends.factory import create_backend
+    from service.backends.factory import create_backend_from_settings
 
     try:
         task = canonical_task(task_name)
@@ -354,14 +361,12 @@ def _segment_backend(settings: Any, task_name: str) -> tuple[Any, int]:
             f"{', '.join(sorted(entries)) or 'none'} (choose the repository with "
             "--model-repository or FOCUS_MODEL_REPOSITORY)"
         )
-    backend = create_backend(
-        entries[task],
-        backend=settings.backend,
-        device=settings.device,
-        require_gpu=settings.require_gpu,
-        intra_op_threads=settings.intra_op_threads,
-        engine_cache=settings.engine_cache,
-    )
+    try:
+        backend = create_backend_from_settings(
+            entries[task], settings, threads=settings.intra_op_threads
+        )
+    except (BackendUnavailableError, GateRefusedError) as exc:
+        raise _UsageError(str(exc)) from None
     return backend, entries[task].version
 
 
@@ -395,7 +400,7 @@ def _write_result(
 
 def run_segment(args: argparse.Namespace) -> int:
     args.command_name = "segment"
-    settings = _settings(args, ("backend", "device", "model_repository"))
+    settings = _settings(args, ("backend", "precision", "device", "model_repository"))
     _configure_logging("warning")
     try:
         options = _segment_options(args)

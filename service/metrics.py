@@ -13,7 +13,8 @@ focus_batch_size{task}                      histogram  images per backend call, 
 focus_queue_depth{task}                     gauge      requests waiting in the batcher
 focus_inflight_requests                     gauge      /segment requests being handled
 focus_model_info{task,backend,preset,      gauge      1 per served model (version: focus.json's;
-  version,repository_version}                          repository_version: the version directory)
+  version,repository_version,precision}                repository_version: the version directory;
+                                                       precision: fp32, bf16, fp16 or int8)
 focus_preprocess_duration_seconds{task}     histogram  decode + resize + normalise + edge map
 focus_postprocess_duration_seconds{task}    histogram  mask at original size + encoding
 focus_dropped_requests_total{task,reason}   counter    requests never computed: client_gone,
@@ -161,7 +162,7 @@ class Metrics:
         self.model_info = Gauge(
             "focus_model_info",
             "Served models (value 1).",
-            ("task", "backend", "preset", "version", "repository_version"),
+            ("task", "backend", "preset", "version", "repository_version", "precision"),
             multiprocess_mode="max",
             registry=r,
         )

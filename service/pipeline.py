@@ -183,6 +183,7 @@ def json_result(
             backend=backend.name,
             device=backend.device,
             repository_version=repository_version,
+            precision=backend.precision,
         ),
         timing=timing,
         network=network_input(image),

@@ -17,6 +17,19 @@ class ModelInfo(BaseModel):
         description="the model repository's version directory served (<repo>/<task>/<version>;"
         " the flat layout is 1); `version` is focus.json's own version string.",
     )
+    precision: str = Field(
+        default="fp32", examples=["bf16"], description="fp32, bf16, fp16 or int8"
+    )
+    gate: str = Field(
+        default="",
+        description="the precision variant's accuracy gate vs fp32 (from focus.json), in words "
+        "(GET /tasks; empty in /segment results)",
+    )
+    selection: str = Field(
+        default="",
+        description="FOCUS_BACKEND=auto: why this backend and precision were chosen (GET /tasks; "
+        "empty in /segment results)",
+    )
 
 
 class BoundingBox(BaseModel):

@@ -19,7 +19,8 @@ from models.zoo import Source, SourceError, parse_sources
 
 MiB = 1024 * 1024
 
-BackendName = Literal["auto", "onnxruntime", "tensorrt", "torch"]
+BackendName = Literal["auto", "onnxruntime", "openvino", "tensorrt", "torch"]
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 DeviceName = Literal["cpu", "cuda"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -69,7 +70,8 @@ class Settings(BaseSettings):
     backend: BackendName = Field(
         default="auto",
         description="Inference backend; 'auto' picks TensorRT, then ONNX Runtime, then PyTorch "
-        "among those available on FOCUS_DEVICE.",
+        "among those available on FOCUS_DEVICE; on the CPU it times every gated precision variant "
+        "(ONNX Runtime fp32/int8, OpenVINO fp32/bf16/int8) at load and keeps the fastest.",
     )
     device: DeviceName = Field(default="cpu", description="Where inference runs.")
     require_gpu: bool = Field(
@@ -118,6 +120,30 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         description="uvicorn worker processes (>1 switches metrics to multiprocess mode).",
+    )
+    # --- precision variants (models/precision.py, service/backends/factory.py)
+    precision: PrecisionName = Field(
+        default="auto",
+        description="Precision variant: fp32, bf16 (OpenVINO, or torch autocast), fp16 (torch on "
+        "CUDA), int8 (model.int8.onnx, OpenVINO model.int8.xml); auto: fp32 with a named backend, "
+        "the fastest gated variant with FOCUS_BACKEND=auto.",
+    )
+    force_ungated: bool = Field(
+        default=False,
+        description="Serve a precision variant whose accuracy gate in focus.json failed, is "
+        "missing or was measured against another model.onnx (refused by default).",
+    )
+    openvino_cache: Path | None = Field(
+        default=Path("/var/cache/focus/openvino"),
+        description="OpenVINO compiled-model cache (one folder per task, version, artefact and "
+        "precision): a restart imports instead of compiling. Empty: no cache.",
+    )
+    auto_timed_runs: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="FOCUS_BACKEND=auto on the CPU: timed calls per gated variant at load, after "
+        "one warm-up; the fastest call counts (others' load only ever adds time).",
     )
     # --- FOCUS_PULL (service/pull.py): released checkpoints pulled into the repository at start
     pull: str | None = Field(
@@ -200,10 +226,19 @@ class Settings(BaseSettings):
         parse_model_versions(value)
         return value.strip()
 
+    @field_validator("openvino_cache", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
         if self.backend == "tensorrt" and self.device != "cuda":
             raise ValueError("FOCUS_BACKEND=tensorrt needs FOCUS_DEVICE=cuda")
+        if self.backend == "openvino" and self.device != "cpu":
+            raise ValueError("FOCUS_BACKEND=openvino runs on the CPU (FOCUS_DEVICE=cpu)")
+        if self.precision == "fp16" and self.device != "cuda":
+            raise ValueError("FOCUS_PRECISION=fp16 needs FOCUS_DEVICE=cuda (on the CPU use bf16)")
         if self.require_gpu and self.device != "cuda":
             raise ValueError("FOCUS_REQUIRE_GPU=true needs FOCUS_DEVICE=cuda")
         if self.max_inflight_pixels < self.max_pixels:

@@ -32,7 +32,7 @@ from models.repository import ModelEntry, scan_repository
 from models.tasks import UnknownTaskError, canonical_task
 from service.admission import Admission
 from service.backends.base import Backend
-from service.backends.factory import create_backend
+from service.backends.factory import create_backend_from_settings
 from service.batcher import Batcher
 from service.cache import ResponseCache
 from service.errors import ErrorCode, ServiceError
@@ -50,14 +50,7 @@ T = TypeVar("T")
 
 
 def default_backend_factory(entry: ModelEntry, settings: Settings) -> Backend:
-    return create_backend(
-        entry,
-        backend=settings.backend,
-        device=settings.device,
-        require_gpu=settings.require_gpu,
-        intra_op_threads=settings.inference_threads,
-        engine_cache=settings.engine_cache,
-    )
+    return create_backend_from_settings(entry, settings)
 
 
 @dataclass
@@ -255,6 +248,7 @@ class ServiceState:
             "preset": card.preset,
             "version": card.version,
             "repository_version": str(entry.version),
+            "precision": backend.precision,
         }
 
     async def _load_and_serve(self, entry: ModelEntry) -> LoadedModel:

@@ -34,6 +34,9 @@ TORCH_FREE = (
     "models.zoo",
     "models.runtime.onnxruntime",
     "models.runtime.tensorrt",
+    "models.runtime.openvino",
+    "models.precision",
+    "export.precision",
 )
 TORCH_MODULES = {"torch", "torchvision", "safetensors.torch"}
 

@@ -28,11 +28,14 @@ class Backend(ABC):
     It is called from one worker thread at a time per backend.
     """
 
-    name: str  # "onnxruntime" | "tensorrt" | "torch"
+    name: str  # "onnxruntime" | "openvino" | "tensorrt" | "torch"
     device: str  # "cpu" | "cuda"
     card: ModelCard
     artefact: Path  # the file the model was loaded from
     max_batch: int | None = None  # a hard limit of the artefact (TensorRT profile), else None
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | int8 (models/precision.py)
+    gate: str = "fp32 reference (no gate needed)"  # the variant's accuracy gate, in words
+    selection: str = ""  # why this backend and precision were chosen (FOCUS_BACKEND=auto)
 
     @abstractmethod
     def infer(self, image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,4 +45,4 @@ class Backend(ABC):
         """Release native resources (sessions, CUDA buffers)."""
 
     def describe(self) -> str:
-        return f"{self.name} on {self.device} ({self.artefact.name})"
+        return f"{self.name} {self.precision} on {self.device} ({self.artefact.name})"

@@ -2,7 +2,8 @@
 
 torch and ``models.checkpoint`` are imported here, lazily, and only when this backend is
 constructed: with ONNX Runtime or TensorRT selected the service never imports torch. The
-network runs through ``models.predict.TorchPredictor``, as in export parity and evaluation.
+network runs through ``models.predict.TorchPredictor``, as in export parity and evaluation;
+``FOCUS_PRECISION=bf16`` (CPU or CUDA) or ``fp16`` (CUDA) runs it under ``torch.autocast``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class TorchBackend(Backend):
         device: str = "cpu",
         require_gpu: bool = False,
         intra_op_threads: int = 0,
+        precision: str = "fp32",
     ) -> None:
         try:
             import torch
@@ -56,7 +58,11 @@ class TorchBackend(Backend):
             raise ValueError(
                 f"{directory}: checkpoint task {loaded_card.task!r} != focus.json {card.task!r}"
             )
-        self.predictor: Any = TorchPredictor(model, device)
+        try:
+            self.predictor: Any = TorchPredictor(model, device, precision)
+        except ValueError as exc:
+            raise BackendUnavailableError(str(exc)) from exc
+        self.precision = precision
         self.card = loaded_card
         self.device = device
         self.artefact = Path(directory) / WEIGHTS_FILE

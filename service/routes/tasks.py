@@ -34,6 +34,9 @@ async def list_tasks(state: StateDep) -> TasksResponse:
                     backend=backend.name,
                     device=backend.device,
                     repository_version=loaded.entry.version,
+                    precision=backend.precision,
+                    gate=backend.gate,
+                    selection=backend.selection,
                 ),
                 input=InputInfo(
                     short_side=card.input_short_side,

@@ -83,12 +83,19 @@ def test_tasks_lists_models_with_metadata(client: TestClient) -> None:
                     "backend": "onnxruntime",
                     "device": "cpu",
                     "repository_version": 1,
+                    "precision": "fp32",
+                    "gate": "fp32 reference (no gate needed)",
                 },
                 "input": {"short_side": 256, "max_size": 1024, "size_divisibility": 32},
                 "max_batch_size": 8,
             }
         )
-    assert response.json() == {"tasks": expected}
+    body = response.json()
+    for task in body["tasks"]:  # no precision variants in this repository: nothing to time
+        assert task["model"].pop("selection").startswith(
+            "auto: onnxruntime-fp32 (the only candidate); onnxruntime-int8: not built"
+        )
+    assert body == {"tasks": expected}
 
 
 def test_metrics_exposes_every_focus_metric(make_settings, png_320x240: bytes) -> None:
@@ -112,7 +119,7 @@ def test_metrics_exposes_every_focus_metric(make_settings, png_320x240: bytes) -
         assert f"# TYPE {name} " in text, name
     assert 'focus_requests_total{code="200",task="camouflage"} 1.0' in text.splitlines()
     assert (
-        'focus_model_info{backend="onnxruntime",preset="tiny",repository_version="1",'
+        'focus_model_info{backend="onnxruntime",precision="fp32",preset="tiny",repository_version="1",'
         'task="camouflage",version="test"} 1.0' in text
     )
     assert 'focus_batch_size_bucket{le="1.0",task="camouflage"} 1.0' in text.splitlines()
@@ -252,7 +259,8 @@ def test_segment_json_has_mask_and_statistics(client: TestClient, png_320x240: b
     assert base64.b64decode(body["mask_png_base64"]) == png  # the same mask as format=png
     assert body["model"] == {
         "task": "camouflage", "preset": "tiny", "version": "test",
-        "backend": "onnxruntime", "device": "cpu", "repository_version": 1,
+        "backend": "onnxruntime", "device": "cpu", "repository_version": 1, "precision": "fp32",
+        "gate": "", "selection": "",
     }  # fmt: skip
     assert 0.0 <= body["foreground_fraction"] <= 1.0
     assert 0.5 <= body["mean_confidence"] <= 1.0

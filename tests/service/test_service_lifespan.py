@@ -106,6 +106,10 @@ def test_settings_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyP
         "admin_key": None,
         "repository_poll_s": 0.0,
         "cache_mb": 0.0,
+        "precision": "auto",
+        "force_ungated": False,
+        "openvino_cache": Path("/var/cache/focus/openvino"),
+        "auto_timed_runs": 3,
     }
 
 
@@ -114,7 +118,12 @@ def test_settings_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyP
     [
         ({"backend": "tensorrt"}, "FOCUS_BACKEND=tensorrt needs FOCUS_DEVICE=cuda"),
         ({"require_gpu": True}, "FOCUS_REQUIRE_GPU=true needs FOCUS_DEVICE=cuda"),
-        ({"backend": "tflite"}, "Input should be 'auto', 'onnxruntime', 'tensorrt' or 'torch'"),
+        ({"precision": "fp16"}, "FOCUS_PRECISION=fp16 needs FOCUS_DEVICE=cuda"),
+        ({"backend": "openvino", "device": "cuda"}, "FOCUS_BACKEND=openvino runs on the CPU"),
+        (
+            {"backend": "tflite"},
+            "Input should be 'auto', 'onnxruntime', 'openvino', 'tensorrt' or 'torch'",
+        ),
         ({"max_batch_size": 0}, "Input should be greater than or equal to 1"),
         ({"timeout_s": 0}, "Input should be greater than 0"),
         ({"log_level": "loud"}, "Input should be 'critical', 'error', 'warning', 'info'"),
