@@ -16,8 +16,8 @@ itself, and leaves the model repository as it was:
 4. **import** -- ``models.official.import_official``: ``torch.load(weights_only=True)`` and a
    strict load into the preset, every missing / unexpected / mis-shaped key named.
 5. **onnx** -- ``export.onnx.export_checkpoint``: the fp32 graph and its parity check.
-6. **variants** -- the fastest reduced-precision variant that passes its gate, where this build
-   has them (:func:`build_variants`).
+6. **variants** -- OpenVINO bf16 (the fastest CPU path on FOCUS-L) gated against the fp32 graph,
+   its gate recorded in ``focus.json`` (:func:`build_variants`; skipped without openvino).
 7. **publish** -- ``models.repository.publish_version``: the next version of the task, atomically.
 
 The model card's provenance records the Hub repository, file, requested and resolved revision,
@@ -27,6 +27,7 @@ sha256, size and endpoint, so the pulled model says exactly what it is.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import shutil
@@ -287,13 +288,25 @@ def _onnx(checkpoint: Path, staging: Path, opset: int) -> tuple[str, dict[str, A
 
 
 def build_variants(staging: Path) -> tuple[str, list[str]]:
-    """Reduced-precision variants beside ``staging/model.onnx``, each gated against fp32.
+    """The fastest reduced-precision variant beside ``staging/model.onnx``, gated against fp32.
 
-    The precision tooling (``export.quantize``: int8 ONNX, OpenVINO, their gates) is not in this
-    build yet, so this step reports that it did nothing; once it lands, this is the one call that
-    writes the fastest passing variant into ``staging``.
+    OpenVINO bf16 reading ``model.onnx`` itself (no second copy of the weights): on FOCUS-L it
+    was the fastest gated CPU path (benchmarks/RESULTS.md, issue 17). Its gate goes into the
+    card whether it passes or not; the service serves a variant only when it passed (``auto``
+    times it against fp32 there). Skipped, saying why, where OpenVINO is not installed.
     """
-    raise _Skip("no precision variants in this build (fp32 ONNX only)")
+    if importlib.util.find_spec("openvino") is None:
+        raise _Skip("openvino is not installed (fp32 ONNX only)")
+    from export.precision import build_openvino
+
+    made = build_openvino(staging / ONNX_FILE, ["bf16"], write_ir=False, echo=logger.info)
+    texts = [
+        f"{v.runtime} {v.precision} gate "
+        + ("passed" if v.gate is not None and v.gate.passed else "FAILED (not served)")
+        + (f": {v.gate.summary()}" if v.gate is not None else "")
+        for v in made
+    ]
+    return "; ".join(texts), [v.name for v in made]
 
 
 def _publish(
