@@ -50,7 +50,10 @@ def demo_client() -> Iterator[Any]:
     from service.app import create_app
     from service.settings import Settings
 
-    app = create_app(Settings(model_repository=DEMO_REPOSITORY, intra_op_threads=1))
+    # one named backend: `auto` would time the demo models' gated variants and could pick another
+    app = create_app(
+        Settings(model_repository=DEMO_REPOSITORY, backend="onnxruntime", intra_op_threads=1)
+    )
     with TestClient(app) as client:
         yield client
 
