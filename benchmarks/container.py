@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -28,16 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from load import LevelResult, _free_port, make_images, print_table, run_level, start_server  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from machine import cpu_model  # noqa: E402
 
 
 def _container_server(image: str, env: dict[str, str]) -> tuple[str, str]:
@@ -114,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         rates = [r.images_per_s for r in results if r.config == config and r.concurrency == top]
         return sum(rates) / len(rates)
 
-    print(f"CPU: {_cpu_model()} ({os.cpu_count()} logical cores); load average "
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores); load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")  # fmt: skip
     print(f"model: bundled {args.task}, images {args.size}, {args.duration:.0f} s per level")
     print_table(results)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -50,6 +49,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import cpu_flags, cpu_model  # noqa: E402
 
 from models.config import ModelCard  # noqa: E402
 from models.processing import postprocess, preprocess_with_card  # noqa: E402
@@ -70,27 +71,6 @@ ZOOM_TASKS = ("salient", "camouflage")
 TILE_TASKS = ("forgery", "defocus")
 OBJECTS = {"small": 0.03, "large": 1.0}  # synth object_scale
 NEW_BACKGROUND = np.array([40, 200, 60], np.float32)  # flat green
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in ("avx2", "fma", "avx512f", "amx_tile") if f in flags)
-    except OSError:
-        pass
-    return ""
 
 
 # ----------------------------------------------------------------------------------- metrics

@@ -36,7 +36,6 @@ import datetime as dt
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import sys
@@ -48,6 +47,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import cpu_model  # noqa: E402
 
 from models.checkpoint import load_checkpoint  # noqa: E402
 from models.synth import write_dataset  # noqa: E402
@@ -99,16 +100,6 @@ def config(args: argparse.Namespace, out: Path, data: Path, **kw: object) -> Tra
         progress=sys.stderr.isatty(),
         **kw,
     )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def calibrate(args: argparse.Namespace, work: Path, data: Path) -> float:
@@ -229,7 +220,7 @@ def main() -> int:
     )
 
     if not args.no_record:
-        cpu = _cpu_model()
+        cpu = cpu_model()
         row = {
             "task": args.task,
             "budget (min)": f"{args.minutes:g}",
