@@ -110,7 +110,9 @@ def _segment(source: Path, images: dict[str, bytes], work: Path) -> dict[str, np
     for name, data in images.items():
         (work / "in" / name).write_bytes(data)
     args = ["segment", "--task", "salient", "--input", str(work / "in"), "--output"]
-    rc = main([*args, str(work / "out"), "--model-repository", str(source)])
+    # one named backend: Triton runs ONNX Runtime fp32, and `auto` could pick a gated variant
+    rc = main([*args, str(work / "out"),
+               "--model-repository", str(source), "--backend", "onnxruntime"])  # fmt: skip
     assert rc == 0
     masks = {}
     for name in images:
