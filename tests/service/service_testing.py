@@ -131,12 +131,12 @@ class WrappedBackend(Backend):
 class GatedBackend(WrappedBackend):
     def __init__(self, inner: Backend) -> None:
         super().__init__(inner)
-        self.gate = threading.Event()
-        self.gate.set()
+        self.hold = threading.Event()  # not `gate`: that is the precision gate of a Backend
+        self.hold.set()
 
     def infer(self, image: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.batches.append(int(image.shape[0]))
-        if not self.gate.wait(timeout=60):
+        if not self.hold.wait(timeout=60):
             raise RuntimeError("gate never opened")
         return self.inner.infer(image, edges)
 

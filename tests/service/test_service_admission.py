@@ -145,7 +145,7 @@ def test_per_task_limit_refuses_before_reading_the_body(
 
     async def scenario():
         async with running(app) as client:
-            made["camouflage"].gate.clear()
+            made["camouflage"].hold.clear()
             first = asyncio.create_task(
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
@@ -156,7 +156,7 @@ def test_per_task_limit_refuses_before_reading_the_body(
                 client.post("/segment/salient", content=png_320x240, headers=PNG)
             )
             await _until(lambda: app.state.focus.admission.inflight.get("salient") == 1)
-            made["camouflage"].gate.set()  # (one executor: salient computes after camouflage)
+            made["camouflage"].hold.set()  # (one executor: salient computes after camouflage)
             first, other_task = await asyncio.gather(first, other)
             return upload, first, other_task, (await client.get("/metrics")).text
 
@@ -186,14 +186,14 @@ def test_pixel_budget_refuses_from_the_header(make_settings, multipart: bool) ->
 
     async def scenario():
         async with running(app) as client:
-            made["camouflage"].gate.clear()
+            made["camouflage"].hold.clear()
             first = asyncio.create_task(client.post("/segment/cod", content=small, headers=PNG))
             await _until(lambda: len(made["camouflage"].batches) == 2)
             inflight = _metric((await client.get("/metrics")).text, "focus_inflight_pixels")
             body, kind = _multipart(big) if multipart else (big, "image/png")
             upload = Upload(body)
             await app(_scope("/segment/cod", kind, len(body)), upload.receive, upload.send)
-            made["camouflage"].gate.set()
+            made["camouflage"].hold.set()
             first = await first
             alone = await client.post("/segment/cod", content=big, headers=PNG)
             return inflight, upload, len(upload.chunks), first, alone

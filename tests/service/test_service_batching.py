@@ -118,7 +118,7 @@ def test_queue_full_returns_503_with_retry_after(make_settings, png_320x240: byt
     async def scenario():
         async with running(app) as client:
             backend = made["camouflage"]
-            backend.gate.clear()
+            backend.hold.clear()
             first = asyncio.create_task(
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
@@ -134,7 +134,7 @@ def test_queue_full_returns_503_with_retry_after(make_settings, png_320x240: byt
             )
             await _until(lambda: _waiting(app) == 2)
             fourth = await client.post("/segment/cod", content=png_320x240, headers=PNG)
-            backend.gate.set()
+            backend.hold.set()
             done = await asyncio.gather(first, second, third)
             return fourth, done, (await client.get("/metrics")).text
 
@@ -164,7 +164,7 @@ def test_deadline_exceeded_returns_504_and_service_recovers(make_settings, png_3
     async def scenario():
         async with running(app) as client:
             backend = made["camouflage"]
-            backend.gate.clear()
+            backend.hold.clear()
             stuck = asyncio.create_task(
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
@@ -173,7 +173,7 @@ def test_deadline_exceeded_returns_504_and_service_recovers(make_settings, png_3
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
             timed_out = await asyncio.gather(stuck, queued)
-            backend.gate.set()
+            backend.hold.set()
             await _until(lambda: app.state.focus.models["camouflage"].batcher.queued == 0)
             ready = await client.get("/health/ready")
             after = await client.post("/segment/cod", content=png_320x240, headers=PNG)
@@ -250,7 +250,7 @@ def test_disconnected_client_is_dropped_before_compute(make_settings, png_320x24
     async def scenario():
         async with running(app) as client:
             backend = made["camouflage"]
-            backend.gate.clear()
+            backend.hold.clear()
             first = asyncio.create_task(
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
@@ -275,7 +275,7 @@ def test_disconnected_client_is_dropped_before_compute(make_settings, png_320x24
 
             await app(_asgi_scope("/segment/cod", "image/png"), receive, send)
             assert gone.is_set()
-            backend.gate.set()
+            backend.hold.set()
             assert (await first).status_code == 200
             await _until(lambda: batcher.queued == 0)
             return backend.batches, sent, (await client.get("/metrics")).text
@@ -307,7 +307,7 @@ def test_graceful_shutdown_drains_the_queue(make_settings, png_320x240: bytes) -
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             backend = made["camouflage"]
-            backend.gate.clear()
+            backend.hold.clear()
             pending = [
                 asyncio.create_task(client.post("/segment/cod", content=png_320x240, headers=PNG))
                 for _ in range(3)
@@ -317,7 +317,7 @@ def test_graceful_shutdown_drains_the_queue(make_settings, png_320x240: bytes) -
             await _until(lambda: not app.state.focus.ready)
             refused = await client.post("/segment/cod", content=png_320x240, headers=PNG)
             not_ready = await client.get("/health/ready")
-            backend.gate.set()
+            backend.hold.set()
             drained = await asyncio.gather(*pending)
             await shutdown
             return refused, not_ready, drained, backend

@@ -167,13 +167,13 @@ def test_the_timeout_header_lowers_the_deadline(repo) -> None:
     async def scenario() -> tuple[Any, float, Any]:
         app = create_app(_settings(repo, timeout_s=60), backend_factory=factory)
         async with running(app) as client:
-            made[0].gate.clear()
+            made[0].hold.clear()
             loop = asyncio.get_running_loop()
             started = loop.time()
             held = await client.post("/segment/cod", content=image_bytes(96, 128),
                                      headers={**PNG, "X-Focus-Timeout-Ms": "150"})  # fmt: skip
             elapsed = loop.time() - started
-            made[0].gate.set()
+            made[0].hold.set()
             ok = await client.post("/segment/cod", content=image_bytes(96, 128),
                                    headers={**PNG, "X-Focus-Timeout-Ms": "600000"})  # fmt: skip
             return held, elapsed, ok

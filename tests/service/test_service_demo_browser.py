@@ -132,14 +132,14 @@ def test_two_quick_uploads_pair_each_image_with_its_own_mask(
         page.select_option("#task", "salient")
         backend = made["salient"]
         calls = len(backend.batches)
-        backend.gate.clear()  # the first request stays in the backend until the second is sent
+        backend.hold.clear()  # the first request stays in the backend until the second is sent
         page.set_input_files("#file", str(first))
         _until(lambda: len(backend.batches) > calls, "the first request to reach the backend")
         page.set_input_files("#file", str(second))
         page.wait_for_function(
             "document.getElementById('status').textContent.startsWith('Segmenting second.png')"
         )
-        backend.gate.set()
+        backend.hold.set()
         page.wait_for_selector("#results[data-shown='second.png']", timeout=60_000)
         # the first request's computation finishes too; the page must not show its result
         _until(lambda: len(backend.batches) >= calls + 2, "both requests to be computed")

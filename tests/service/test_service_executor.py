@@ -100,7 +100,7 @@ def test_a_flooded_task_does_not_starve_another(make_settings, model_repository)
     async def scenario():
         async with running_app(app) as client:
             cod = made["camouflage"]
-            cod.gate.clear()
+            cod.hold.clear()
             executor = app.state.focus.executors["cpu"]
             batcher = app.state.focus.models["camouflage"].batcher
             flood = [
@@ -115,7 +115,7 @@ def test_a_flooded_task_does_not_starve_another(make_settings, model_repository)
             for task in flood:
                 task.add_done_callback(lambda _: order.append("camouflage"))
             late.add_done_callback(lambda _: order.append("salient"))
-            cod.gate.set()
+            cod.hold.set()
             return await asyncio.gather(*flood, late)
 
     responses = run(scenario())
@@ -168,7 +168,7 @@ def tiny_backend(make_settings, single_task_repository):
     entry = scan_repository(single_task_repository)["camouflage"]
     backend = GatedBackend(default_backend_factory(entry, settings))
     yield backend
-    backend.gate.set()
+    backend.hold.set()
     backend.close()
 
 
@@ -187,7 +187,7 @@ def test_cancelled_tickets_do_not_count_toward_queue_full(tiny_backend) -> None:
         batcher, executor, metrics = await _batcher(tiny_backend)
         image, edges = _inputs(tiny_backend.card)
         deadline = time.perf_counter() + 60
-        tiny_backend.gate.clear()
+        tiny_backend.hold.clear()
         computing = batcher.submit(image, edges, deadline)
         await _until(lambda: len(tiny_backend.batches) == 1)
         assembled = batcher.submit(image, edges, deadline)
@@ -200,7 +200,7 @@ def test_cancelled_tickets_do_not_count_toward_queue_full(tiny_backend) -> None:
         await asyncio.sleep(0)  # the futures' done-callbacks run
         queued_after_cancel = batcher.queued
         again = [batcher.submit(image, edges, deadline) for _ in range(2)]  # room again
-        tiny_backend.gate.set()
+        tiny_backend.hold.set()
         results = await asyncio.gather(
             computing.future, assembled.future, *(t.future for t in again)
         )
@@ -242,7 +242,7 @@ def test_stop_waits_for_the_computing_batch_and_fails_the_assembled_one(tiny_bac
         batcher, executor, _ = await _batcher(tiny_backend, max_queue=4)
         image, edges = _inputs(tiny_backend.card)
         deadline = time.perf_counter() + 60
-        tiny_backend.gate.clear()
+        tiny_backend.hold.clear()
         computing = batcher.submit(image, edges, deadline)
         await _until(lambda: len(tiny_backend.batches) == 1)
         assembled = batcher.submit(image, edges, deadline)
@@ -250,7 +250,7 @@ def test_stop_waits_for_the_computing_batch_and_fails_the_assembled_one(tiny_bac
         stopping = asyncio.ensure_future(executor.stop(timeout=0.2))
         await asyncio.sleep(0.5)  # past the timeout, the batch is still in infer
         still_waiting = not stopping.done()
-        tiny_backend.gate.set()
+        tiny_backend.hold.set()
         await stopping
         return still_waiting, computing.future, assembled.future
 
