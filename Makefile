@@ -62,16 +62,12 @@ install-test: $(TEST_STAMP)
 serve: $(SERVE_STAMP)
 	$(BIN)/focus serve
 
-# Debian packages: installed only when missing and when we are root; any failure is a warning,
-# and the tests that need the tool skip with the reason.
-system-deps:
-	@missing=""; \
-	for pair in $(APT_TOOLS); do \
-		command -v "$${pair%%=*}" >/dev/null 2>&1 || missing="$$missing $${pair#*=}"; \
-	done; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
+# The tail of system-deps and container-deps: given $$missing (Debian packages, space-separated),
+# install them when we are root with apt-get; otherwise, or when that fails, warn and go on.
+define apt_install_missing
+if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
-		echo "WARNING: not root or no apt-get; missing Debian packages:$$missing (their tests will skip)"; \
+		echo "WARNING: not root or no apt-get; missing Debian packages:$$missing ($(1))"; \
 		exit 0; \
 	fi; \
 	echo "Installing Debian packages:$$missing"; \
@@ -80,9 +76,19 @@ system-deps:
 	if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; } \
 		>"$$log" 2>&1; then \
 		tail -n 20 "$$log"; \
-		echo "WARNING: apt-get install$$missing failed; the tests that need it will skip"; \
+		echo "WARNING: apt-get install$$missing failed ($(1))"; \
 	fi; \
 	rm -f "$$log"
+endef
+
+# Debian packages: installed only when missing and when we are root; any failure is a warning,
+# and the tests that need the tool skip with the reason.
+system-deps:
+	@missing=""; \
+	for pair in $(APT_TOOLS); do \
+		command -v "$${pair%%=*}" >/dev/null 2>&1 || missing="$$missing $${pair#*=}"; \
+	done; \
+	$(call apt_install_missing,the tests that need it will skip)
 
 # mypy first (seconds with its cache in .mypy_cache; files and rules in [tool.mypy]), then pytest.
 # pytest exits 5 when it collected no test; that is not a failure of the suite.
@@ -133,20 +139,7 @@ container-deps:
 		dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q 'ok installed' \
 			|| missing="$$missing $$pkg"; \
 	done; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
-		echo "WARNING: not root or no apt-get; missing Debian packages:$$missing"; \
-		exit 0; \
-	fi; \
-	echo "Installing Debian packages:$$missing"; \
-	export DEBIAN_FRONTEND=noninteractive; \
-	log="$$(mktemp)"; \
-	if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; } \
-		>"$$log" 2>&1; then \
-		tail -n 20 "$$log"; \
-		echo "WARNING: apt-get install$$missing failed; the container tests will skip"; \
-	fi; \
-	rm -f "$$log"
+	$(call apt_install_missing,the container tests will skip)
 
 container-test: $(TEST_STAMP) container-deps
 	@rc=0; $(BIN)/python -m pytest -q -rs -m container tests/container $(CONTAINER_PYTEST_ARGS) \

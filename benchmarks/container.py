@@ -26,13 +26,14 @@ import httpx
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from load import LevelResult, _free_port, make_images, print_table, run_level, start_server  # noqa: E402
+from load import LevelResult, make_images, print_table, run_level, start_server  # noqa: E402
 from machine import cpu_model  # noqa: E402
+from serve_process import free_port  # noqa: E402
 
 
 def _container_server(image: str, env: dict[str, str]) -> tuple[str, str]:
     """``podman run -d`` of the image; returns (container name, base URL) once ready."""
-    port = _free_port()
+    port = free_port()
     name = f"focus-bench-{os.getpid()}"
     flags = [f"--env={k}={v}" for k, v in env.items()]
     subprocess.run(

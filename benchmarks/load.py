@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,9 @@ import httpx
 import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_process import free_port, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -89,16 +91,10 @@ def make_images(count: int, height: int, width: int) -> list[bytes]:
 # ----------------------------------------------------------------------------- server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def start_server(repository: Path, env_overrides: dict[str, str]) -> Iterator[str]:
     """uvicorn on 127.0.0.1 with FOCUS_* settings; yields the base URL once ready."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "FOCUS_MODEL_REPOSITORY": str(repository), **env_overrides}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     command = [
@@ -108,18 +104,7 @@ def start_server(repository: Path, env_overrides: dict[str, str]) -> Iterator[st
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with {process.returncode}")
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready in 300 s")
-            time.sleep(0.2)
+        wait_ready(process, base, timeout=300)
         yield base
     finally:
         process.terminate()

@@ -52,14 +52,15 @@ def wait_ready(process: subprocess.Popen[str], base: str, timeout: float = 180) 
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"focus serve exited: {process.communicate()[1][-3000:]}")
+            stderr = process.communicate()[1] or ""  # None when stderr was not piped
+            raise RuntimeError(f"focus serve exited with {process.returncode}: {stderr[-3000:]}")
         try:
             if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError("focus serve did not become ready")
+            raise RuntimeError(f"focus serve did not become ready in {timeout:.0f} s")
         time.sleep(0.2)
 
 

@@ -75,6 +75,36 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 # ----------------------------------------------------------------------- a real server
 
 
+async def until(predicate: Any, timeout: float = 20.0) -> None:
+    """Wait (on the event loop) until ``predicate()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+def asgi_scope(path: str, content_type: str, length: int | None = None) -> dict[str, Any]:
+    """An HTTP POST scope for calling the ASGI app directly (to drive the body by hand)."""
+    headers = [(b"host", b"test"), (b"content-type", content_type.encode())]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

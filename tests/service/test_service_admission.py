@@ -8,38 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 from typing import Any
 
 import pytest
 from PIL import Image
-from service_testing import GatedBackend, factory, image_bytes, metric_value, run, running
+from service_testing import (
+    GatedBackend,
+    asgi_scope,
+    factory,
+    image_bytes,
+    metric_value,
+    run,
+    running,
+    until,
+)
 
 from service.admission import header_pixels
 from service.app import create_app
 
 PNG = {"content-type": "image/png"}
 CHUNK = 64
-
-
-def _scope(path: str, content_type: str, length: int | None = None) -> dict:
-    headers = [(b"host", b"test"), (b"content-type", content_type.encode())]
-    if length is not None:
-        headers.append((b"content-length", str(length).encode()))
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("test", 80),
-    }
 
 
 class Upload:
@@ -89,14 +77,6 @@ def _multipart(data: bytes, boundary: str = "focusboundary") -> tuple[bytes, str
         f"Content-Type: image/png\r\n\r\n"
     ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
-
-
-async def _until(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -149,13 +129,13 @@ def test_per_task_limit_refuses_before_reading_the_body(
             first = asyncio.create_task(
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
-            await _until(lambda: len(made["camouflage"].batches) == 2)
+            await until(lambda: len(made["camouflage"].batches) == 2)
             upload = Upload(png_320x240)
-            await app(_scope("/segment/cod", "image/png"), upload.receive, upload.send)
+            await app(asgi_scope("/segment/cod", "image/png"), upload.receive, upload.send)
             other = asyncio.create_task(  # admitted: another task has its own slots
                 client.post("/segment/salient", content=png_320x240, headers=PNG)
             )
-            await _until(lambda: app.state.focus.admission.inflight.get("salient") == 1)
+            await until(lambda: app.state.focus.admission.inflight.get("salient") == 1)
             made["camouflage"].hold.set()  # (one executor: salient computes after camouflage)
             first, other_task = await asyncio.gather(first, other)
             return upload, first, other_task, (await client.get("/metrics")).text
@@ -188,11 +168,11 @@ def test_pixel_budget_refuses_from_the_header(make_settings, multipart: bool) ->
         async with running(app) as client:
             made["camouflage"].hold.clear()
             first = asyncio.create_task(client.post("/segment/cod", content=small, headers=PNG))
-            await _until(lambda: len(made["camouflage"].batches) == 2)
+            await until(lambda: len(made["camouflage"].batches) == 2)
             inflight = _metric((await client.get("/metrics")).text, "focus_inflight_pixels")
             body, kind = _multipart(big) if multipart else (big, "image/png")
             upload = Upload(body)
-            await app(_scope("/segment/cod", kind, len(body)), upload.receive, upload.send)
+            await app(asgi_scope("/segment/cod", kind, len(body)), upload.receive, upload.send)
             made["camouflage"].hold.set()
             first = await first
             alone = await client.post("/segment/cod", content=big, headers=PNG)
@@ -219,7 +199,7 @@ def test_image_over_max_pixels_is_refused_from_its_header(make_settings) -> None
     async def scenario():
         async with running(app):
             upload = Upload(data)
-            await app(_scope("/segment/cod", "image/png"), upload.receive, upload.send)
+            await app(asgi_scope("/segment/cod", "image/png"), upload.receive, upload.send)
             return upload
 
     upload = run(scenario())
@@ -252,7 +232,7 @@ def test_deadline_is_checked_before_decoding(make_settings, monkeypatch, png_320
     async def scenario():
         async with running(app) as client:
             upload = Upload(png_320x240, pause=0.8)  # the body completes after the deadline
-            await app(_scope("/segment/cod", "image/png"), upload.receive, upload.send)
+            await app(asgi_scope("/segment/cod", "image/png"), upload.receive, upload.send)
             return upload, (await client.get("/metrics")).text
 
     upload, metrics = run(scenario())
@@ -280,7 +260,7 @@ def test_client_gone_mid_upload_is_not_a_server_error(
             before = (await client.get("/metrics")).text
             uploads = [Upload(body, disconnect_after=3) for _ in range(3)]
             for upload in uploads:
-                await app(_scope("/segment/cod", kind), upload.receive, upload.send)
+                await app(asgi_scope("/segment/cod", kind), upload.receive, upload.send)
             return before, uploads, (await client.get("/metrics")).text
 
     with caplog.at_level("INFO"):

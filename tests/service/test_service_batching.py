@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -17,24 +16,18 @@ from service_testing import (
     FailingBackend,
     GatedBackend,
     WrappedBackend,
+    asgi_scope,
     factory,
     image_bytes,
     metric_value,
     run,
     running,
+    until,
 )
 
 from service.app import create_app
 
 PNG = {"content-type": "image/png"}
-
-
-async def _until(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def _waiting(app) -> int:
@@ -122,17 +115,17 @@ def test_queue_full_returns_503_with_retry_after(make_settings, png_320x240: byt
             first = asyncio.create_task(
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
-            await _until(lambda: len(backend.batches) == 2)  # warm-up + the first request
+            await until(lambda: len(backend.batches) == 2)  # warm-up + the first request
             # the second is assembled into the next batch while the first computes ...
             second = asyncio.create_task(
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
-            await _until(lambda: _waiting(app) == 1)
+            await until(lambda: _waiting(app) == 1)
             # ... the third waits in the queue, which is then full
             third = asyncio.create_task(
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
-            await _until(lambda: _waiting(app) == 2)
+            await until(lambda: _waiting(app) == 2)
             fourth = await client.post("/segment/cod", content=png_320x240, headers=PNG)
             backend.hold.set()
             done = await asyncio.gather(first, second, third)
@@ -168,13 +161,13 @@ def test_deadline_exceeded_returns_504_and_service_recovers(make_settings, png_3
             stuck = asyncio.create_task(
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
-            await _until(lambda: len(backend.batches) == 2)
+            await until(lambda: len(backend.batches) == 2)
             queued = asyncio.create_task(
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
             timed_out = await asyncio.gather(stuck, queued)
             backend.hold.set()
-            await _until(lambda: app.state.focus.models["camouflage"].batcher.queued == 0)
+            await until(lambda: app.state.focus.models["camouflage"].batcher.queued == 0)
             ready = await client.get("/health/ready")
             after = await client.post("/segment/cod", content=png_320x240, headers=PNG)
             return timed_out, ready, after, (await client.get("/metrics")).text
@@ -223,23 +216,6 @@ def test_backend_failure_fails_only_its_batch(make_settings, png_320x240: bytes)
     assert metric_value(metrics, "focus_requests_total", task="camouflage", code="500") == 3
 
 
-def _asgi_scope(path: str, content_type: str) -> dict:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"test"), (b"content-type", content_type.encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("test", 80),
-    }
-
-
 def test_disconnected_client_is_dropped_before_compute(make_settings, png_320x240) -> None:
     made: dict[str, Any] = {}
     app = create_app(
@@ -254,7 +230,7 @@ def test_disconnected_client_is_dropped_before_compute(make_settings, png_320x24
             first = asyncio.create_task(
                 client.post("/segment/cod", content=png_320x240, headers=PNG)
             )
-            await _until(lambda: len(backend.batches) == 2)
+            await until(lambda: len(backend.batches) == 2)
             batcher = app.state.focus.models["camouflage"].batcher
             messages = [
                 {"type": "http.request", "body": png_320x240, "more_body": False},
@@ -264,7 +240,7 @@ def test_disconnected_client_is_dropped_before_compute(make_settings, png_320x24
             async def receive():
                 if messages:
                     return messages.pop(0)
-                await _until(lambda: _waiting(app) == 1)
+                await until(lambda: _waiting(app) == 1)
                 gone.set()
                 return {"type": "http.disconnect"}  # the client went away while queued
 
@@ -273,11 +249,11 @@ def test_disconnected_client_is_dropped_before_compute(make_settings, png_320x24
             async def send(message):
                 sent.append(message)
 
-            await app(_asgi_scope("/segment/cod", "image/png"), receive, send)
+            await app(asgi_scope("/segment/cod", "image/png"), receive, send)
             assert gone.is_set()
             backend.hold.set()
             assert (await first).status_code == 200
-            await _until(lambda: batcher.queued == 0)
+            await until(lambda: batcher.queued == 0)
             return backend.batches, sent, (await client.get("/metrics")).text
 
     batches, sent, metrics = run(scenario())
@@ -312,9 +288,9 @@ def test_graceful_shutdown_drains_the_queue(make_settings, png_320x240: bytes) -
                 asyncio.create_task(client.post("/segment/cod", content=png_320x240, headers=PNG))
                 for _ in range(3)
             ]
-            await _until(lambda: _waiting(app) == 2 and len(backend.batches) == 2)
+            await until(lambda: _waiting(app) == 2 and len(backend.batches) == 2)
             shutdown = asyncio.create_task(lifespan.__aexit__(None, None, None))
-            await _until(lambda: not app.state.focus.ready)
+            await until(lambda: not app.state.focus.ready)
             refused = await client.post("/segment/cod", content=png_320x240, headers=PNG)
             not_ready = await client.get("/health/ready")
             backend.hold.set()

@@ -13,7 +13,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from service_testing import GatedBackend, WrappedBackend, factory, image_bytes, metric_value, run
+from service_testing import (
+    GatedBackend,
+    WrappedBackend,
+    factory,
+    image_bytes,
+    metric_value,
+    run,
+    until,
+)
 from service_testing import running as running_app
 
 from models.processing import preprocess_with_card
@@ -48,14 +56,6 @@ class Recording(WrappedBackend):
                 cls.active -= 1
         cls.log.append((self.card.task, int(image.shape[0]), threading.get_ident()))
         return out
-
-
-async def _until(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def test_every_task_shares_one_executor_one_batch_at_a_time(make_settings, model_repository):
@@ -107,11 +107,11 @@ def test_a_flooded_task_does_not_starve_another(make_settings, model_repository)
                 asyncio.create_task(client.post("/segment/cod", content=d, headers=PNG))
                 for d in (image_bytes(240, 320, seed=s) for s in range(6))
             ]
-            await _until(lambda: batcher.queued + executor.assembled == 5)  # 1 computing
+            await until(lambda: batcher.queued + executor.assembled == 5)  # 1 computing
             late = asyncio.create_task(
                 client.post("/segment/salient", content=image_bytes(240, 320), headers=PNG)
             )
-            await _until(lambda: app.state.focus.models["salient"].batcher.queued == 1)
+            await until(lambda: app.state.focus.models["salient"].batcher.queued == 1)
             for task in flood:
                 task.add_done_callback(lambda _: order.append("camouflage"))
             late.add_done_callback(lambda _: order.append("salient"))
@@ -182,16 +182,24 @@ async def _batcher(backend, **kwargs: Any) -> tuple[Batcher, DeviceExecutor, Met
     return batcher, executor, metrics
 
 
+async def _computing_and_assembled(batcher: Batcher, executor: DeviceExecutor, backend) -> tuple:
+    """Hold ``backend``: one ticket computing inside it, the next one assembled behind it."""
+    image, edges = _inputs(backend.card)
+    deadline = time.perf_counter() + 60
+    backend.hold.clear()
+    computing = batcher.submit(image, edges, deadline)
+    await until(lambda: len(backend.batches) == 1)
+    assembled = batcher.submit(image, edges, deadline)
+    await until(lambda: executor.assembled == 1)
+    return image, edges, deadline, computing, assembled
+
+
 def test_cancelled_tickets_do_not_count_toward_queue_full(tiny_backend) -> None:
     async def scenario():
         batcher, executor, metrics = await _batcher(tiny_backend)
-        image, edges = _inputs(tiny_backend.card)
-        deadline = time.perf_counter() + 60
-        tiny_backend.hold.clear()
-        computing = batcher.submit(image, edges, deadline)
-        await _until(lambda: len(tiny_backend.batches) == 1)
-        assembled = batcher.submit(image, edges, deadline)
-        await _until(lambda: executor.assembled == 1)
+        image, edges, deadline, computing, assembled = await _computing_and_assembled(
+            batcher, executor, tiny_backend
+        )
         gone = [batcher.submit(image, edges, deadline) for _ in range(2)]
         with pytest.raises(ServiceError) as full:
             batcher.submit(image, edges, deadline)
@@ -240,13 +248,9 @@ def test_cancelled_tickets_do_not_fill_a_batch(tiny_backend) -> None:
 def test_stop_waits_for_the_computing_batch_and_fails_the_assembled_one(tiny_backend) -> None:
     async def scenario():
         batcher, executor, _ = await _batcher(tiny_backend, max_queue=4)
-        image, edges = _inputs(tiny_backend.card)
-        deadline = time.perf_counter() + 60
-        tiny_backend.hold.clear()
-        computing = batcher.submit(image, edges, deadline)
-        await _until(lambda: len(tiny_backend.batches) == 1)
-        assembled = batcher.submit(image, edges, deadline)
-        await _until(lambda: executor.assembled == 1)
+        *_, computing, assembled = await _computing_and_assembled(
+            batcher, executor, tiny_backend
+        )
         stopping = asyncio.ensure_future(executor.stop(timeout=0.2))
         await asyncio.sleep(0.5)  # past the timeout, the batch is still in infer
         still_waiting = not stopping.done()
