@@ -216,6 +216,8 @@ def quantize_openvino_int8(
     import nncf
     import openvino as ov
 
+    from models.runtime.openvino import on_own_thread
+
     start = time.perf_counter()
     model = ov.Core().read_model(str(onnx_path))
     regex = re.compile(scope)
@@ -226,12 +228,14 @@ def quantize_openvino_int8(
         and not regex.search(node_module(op.get_friendly_name()))
     ]
     batches = calibration_batches(card, calibration_images)
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(batches),
-        subset_size=len(batches),
-        model_type=nncf.ModelType.TRANSFORMER,
-        ignored_scope=nncf.IgnoredScope(names=outside, validate=False),
+    quantized = on_own_thread(  # NNCF compiles on OpenVINO's CPU plugin to collect statistics
+        lambda: nncf.quantize(
+            model,
+            nncf.Dataset(batches),
+            subset_size=len(batches),
+            model_type=nncf.ModelType.TRANSFORMER,
+            ignored_scope=nncf.IgnoredScope(names=outside, validate=False),
+        )
     )
     ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
     return {

@@ -11,8 +11,10 @@ second of two models compiled from one graph into one shared cache folder.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +25,37 @@ logger = logging.getLogger(__name__)
 # our precision names -> OpenVINO's inference-precision hint. int8 IR: the quantized ops run in
 # int8 whatever the hint; the hint sets the precision of everything NNCF left unquantized.
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "bf16"}
+
+
+T = TypeVar("T")
+
+
+def on_own_thread(work: Callable[[], T]) -> T:
+    """Run ``work`` on a thread of its own that ends with it; return its result or raise its error.
+
+    Every call that loads OpenVINO's CPU plugin or compiles a model must go through here. The
+    plugin installs its own alternate signal stack (``sigaltstack``) on the calling thread and
+    unmaps it when the plugin is released, from whichever thread releases it (restoring the old
+    one only when that is the same thread). Done on the main thread, the main thread's signal
+    stack is left pointing at unmapped memory once a compiled model is garbage-collected on
+    another thread, and the next Python signal handler that runs there (SIGTERM in ``focus
+    serve``, SIGCHLD, SIGINT) kills the process with SIGSEGV, before faulthandler can say a word.
+    A thread that ends after compiling takes that signal stack with it.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="openvino-compile")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def openvino_version() -> str:
@@ -62,6 +95,17 @@ class OpenVinoPredictor:
         if precision not in HINTS:
             raise ValueError(f"unknown OpenVINO precision {precision!r}; use {', '.join(HINTS)}")
         self.path = Path(path)
+        on_own_thread(lambda: self._compile(ov, precision, threads, cache_dir, extra_config))
+
+    def _compile(
+        self,
+        ov: Any,
+        precision: str,
+        threads: int,
+        cache_dir: str | Path | None,
+        extra_config: dict[str, Any] | None,
+    ) -> None:
+        """Make the core, compile the model and its infer request (see :func:`on_own_thread`)."""
         self.core = ov.Core()  # compiled models must not outlive the core that made them
         hint = HINTS[precision]
         if hint == "bf16" and not cpu_supports_bf16(self.core):

@@ -277,3 +277,30 @@ def test_torch_backend_bf16_autocast(model_repository: Path) -> None:
         assert np.abs(soft_a - soft_b).mean() < 0.01
     with pytest.raises(Exception, match="fp16 autocast needs CUDA"):
         create_backend(entry, backend="torch", variants=VariantOptions(precision="fp16"))
+
+
+def test_a_model_released_on_another_thread_leaves_signals_working(model_repository: Path) -> None:
+    """OpenVINO's CPU plugin swaps the compiling thread's signal stack and unmaps it on release.
+
+    Compiled on the main thread and garbage-collected on another (a reload, the executor), it
+    left the main thread's signal stack unmapped: the next Python signal handler (SIGTERM in
+    ``focus serve``, SIGCHLD here) killed the process with SIGSEGV. It did so to this test suite.
+    """
+    code = """
+import faulthandler, gc, signal, subprocess, sys, threading
+faulthandler.enable()  # an alternate signal stack on the main thread, as pytest and uvicorn have
+from models.runtime.openvino import OpenVinoPredictor
+held = [OpenVinoPredictor(sys.argv[1], precision="fp32", threads=1)]
+release = threading.Thread(target=lambda: (held.clear(), gc.collect()))
+release.start()
+release.join()
+signal.signal(signal.SIGCHLD, lambda *args: None)
+subprocess.run(["true"], check=True)  # its SIGCHLD runs the handler on the main thread
+print("signal handled")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(model_repository / TASK / ONNX_FILE)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
+    assert "signal handled" in result.stdout
