@@ -111,7 +111,7 @@ def test_entrypoint_builds_nothing_when_every_engine_is_cached(
     assert log.count("engine present at") == len(BUNDLED), log
 
 
-def test_without_a_gpu_it_says_so_and_serves_with_onnxruntime(
+def test_without_a_gpu_it_says_so_and_serves_on_the_cpu(
     podman: Podman, cpu_image: str, engine_volume: str, photos: dict[str, Path]
 ) -> None:
     port = free_port()
@@ -134,5 +134,7 @@ def test_without_a_gpu_it_says_so_and_serves_with_onnxruntime(
             timeout=60,
         )
         assert response.status_code == 200, response.text
-        assert response.headers["x-focus-backend"] == "onnxruntime"
+        # auto on the CPU times the gated CPU variants (ONNX Runtime, OpenVINO) and keeps the
+        # fastest, so either may win on a given start; never TensorRT or CUDA here
+        assert response.headers["x-focus-backend"] in ("onnxruntime", "openvino")
         assert podman.run("healthcheck", "run", name, check=False).returncode == 0
