@@ -61,14 +61,16 @@ class GatherLevels(nn.Module):
             x = ((grid[..., 0] + 1) * w - 1) / 2
             y = ((grid[..., 1] + 1) * h - 1) / 2
             x0, y0 = x.floor(), y.floor()
+            fx, fy = x - x0, y - y0
+            ix, iy = x0.to(torch.int64), y0.to(torch.int64)
             base = (torch.arange(n * m, device=value.device) * (h * w)).view(-1, 1, 1)
             attn = weights[:, level]  # [N*M, P, Lq]
             part: Tensor | None = None
-            for cx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
-                for cy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
-                    inside = (cx >= 0) & (cx <= w - 1) & (cy >= 0) & (cy <= h - 1)
-                    index = cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)
-                    index = index.to(torch.int64) + base  # [N*M, P, Lq]
+            for cx, wx in ((ix, 1 - fx), (ix + 1, fx)):
+                for cy, wy in ((iy, 1 - fy), (iy + 1, fy)):
+                    inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+                    index = torch.clamp(cy, 0, h - 1) * w + torch.clamp(cx, 0, w - 1)
+                    index = index + base  # [N*M, P, Lq]
                     corner = wx * wy * inside.to(value.dtype) * attn  # [N*M, P, Lq]
                     picked = rows[index.flatten(1)].view(n * m, POINTS, lq, d)
                     term = (picked * corner[..., None]).sum(1)  # [N*M, Lq, D]
