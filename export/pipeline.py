@@ -26,13 +26,12 @@ A stage that fails stops the pipeline with a non-zero exit and leaves ``REPO`` u
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,23 +283,6 @@ def _train(config: PipelineConfig, task: str, work: Path) -> tuple[str, dict[str
     return text, {**data, "eval_pairs": held_out, "held_out": record}
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """The training recipe's torch CPU threads for the evaluate and ONNX stages too (on a busy
-    small CPU, more OpenMP threads than free cores make torch many times slower)."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _last_log(run: Path) -> dict[str, Any]:
     """The last log.jsonl record of the run: where training ended and its loss."""
     try:
@@ -311,7 +293,10 @@ def _last_log(run: Path) -> dict[str, Any]:
 
 
 def _evaluate(config: PipelineConfig, state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    with _torch_threads(state.get("threads")):
+    """Scored with the training recipe's torch threads (see ``training.loop.torch_threads``)."""
+    from training.loop import torch_threads
+
+    with torch_threads(state.get("threads")):
         return _score(config, state)
 
 
@@ -350,9 +335,10 @@ def _fmt(key: str, value: Any) -> str:
 
 def _onnx(state: dict[str, Any], staging: Path) -> tuple[str, dict[str, Any]]:
     from export.onnx import export_checkpoint
+    from training.loop import torch_threads
 
     logger.info("exporting ONNX and checking its parity against PyTorch (minutes on a CPU)")
-    with _torch_threads(state.get("threads")):
+    with torch_threads(state.get("threads")):  # the recipe's threads, as for training
         result = export_checkpoint(state["checkpoint"], staging / ONNX_FILE)
     p = result["parity"]["fp32"]
     text = (

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from hub_testing import ServedPull, run_served_pull
-from tiny_pipeline import TinyPipeline, torch_threads
+from tiny_pipeline import TinyPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_TASK = "salient"
@@ -47,6 +47,7 @@ def _produce(directory: Path) -> None:
 
         from export.pipeline import PipelineConfig, run_pipeline
         from models.synth import write_dataset
+        from training.loop import torch_threads
     except ImportError as exc:
         pytest.skip(f"the tiny FOCUS pipeline cannot run here: {exc}")
     data = write_dataset(PIPELINE_TASK, 8, directory / "data", seed=0, size=160)

@@ -258,15 +258,26 @@ def train(config: TrainConfig, pairs: list[Pair] | None = None) -> Path:
 
     ``pairs``, when given, are the training pairs instead of those ``config`` names (the
     pipeline trains on what is left after holding out its evaluation split)."""
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        # On a shared or oversubscribed CPU, OpenMP barriers make small ops wait for threads
-        # that are not scheduled: one thread per process can be several times faster.
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _train(config, pairs)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run torch on ``threads`` CPU threads inside the block (``None``: leave them), then restore.
+
+    On a shared or oversubscribed CPU, OpenMP barriers make small ops wait for threads that are
+    not scheduled: one thread per process can be several times faster (the tiny model ~30x).
+    """
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 @dataclass

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tiny_pipeline import TinyPipeline, torch_threads
+from tiny_pipeline import TinyPipeline
 
 from export.cli import EXPORTER_LOGGERS, TORCHVISION_NOTE
 from focus_cli import main
+from training.loop import torch_threads
 
 
 class _Records(logging.Handler):

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
-from tiny_pipeline import TinyPipeline, torch_threads
+from tiny_pipeline import TinyPipeline
 
 from export.graph import default_opset, op_types, training_only_initializers
 from export.onnx import derive_fp16, read_card
@@ -30,6 +30,7 @@ from export.tensorrt import TENSORRT_ONNX_OPS, graph_problems
 from focus_cli import main
 from models.config import ModelCard
 from models.contract import METADATA_KEY
+from training.loop import torch_threads
 
 MAX_DEMO_BYTES = 10_000_000
 

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tiny_pipeline import TinyPipeline, torch_threads
+from tiny_pipeline import TinyPipeline
 
 from export.pipeline import PipelineConfig, PipelineError, run_pipeline
 from models.config import ModelCard
 from models.processing import postprocess, preprocess_with_card
+from training.loop import torch_threads
 
 ROOT = Path(__file__).resolve().parents[2]
 
