@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -199,12 +200,16 @@ def test_success_and_failure_metrics_count_requests(served: Served) -> None:
         served.client.infer(ENSEMBLE, _request(data))
     with pytest.raises(InferenceServerException):
         served.client.infer(ENSEMBLE, _request(b"GIF89a, but not really"))
-    after = {key: _metric(served, *args) for key, args in series.items()}
-    assert {key: after[key] - before[key] for key in series} == {
-        "ensemble ok": 3,
-        "ensemble failed": 1,
-        "network ok": 3,
-    }
+    expected = {"ensemble ok": 3, "ensemble failed": 1, "network ok": 3}
+    # Triton counts a request after it has answered it: the last one's increment can land
+    # after our scrape, so scrape until the counts settle (or 10 s pass), then compare exactly
+    deadline = time.monotonic() + 10
+    while True:
+        moved = {key: _metric(served, *args) - before[key] for key, args in series.items()}
+        if moved == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert moved == expected
 
 
 def test_undecodable_bytes_are_a_400_with_the_decoders_message(served: Served) -> None:
